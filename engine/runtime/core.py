@@ -1,0 +1,285 @@
+"""The pure runtime core: (user state, one input, now) -> (new state, effects).
+
+No I/O and no clock reads happen here; `herald simulate` and the stream processor both drive
+this class, so what a marketer simulates is what production does.
+
+Time. A run's clock is event time where it can be: an event takes effect at its timestamp,
+clamped to [now - lateness, now]. Before an input takes effect, everything of the user due
+strictly before that instant fires first, in time order (a timer due at the same instant as an
+event fires after it). Each due item runs at its own due time, so waits count from when the run
+reached them, and a timer that is already due when it is set fires at once.
+
+Ownership. The state passed in is updated in place and returned in the outcome: the caller
+hands it over (the processor keeps the serialised original until the write succeeds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from engine.events import Event
+from engine.language.rules import RuleSet
+from engine.localtime import next_cron, zone
+from engine.runtime.deps import profile_dependencies
+from engine.runtime.effects import Count, Effect, Emitted, Failure, Outcome, Trace, iso
+from engine.runtime.ids import firing_entry_id
+from engine.runtime.metrics import CompiledMetric
+from engine.runtime.program import Program, compile_journey
+from engine.runtime.state import Run, UserState
+from engine.runtime.steps import StepRunner, Turn, user_zone
+
+MAX_DUE_PER_INPUT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Knobs of the core that are deployment settings rather than rules."""
+
+    trace: bool = False
+    unsubscribe_base_url: str = "http://127.0.0.1:8080"
+    unsubscribe_secret: str = "herald-dev-unsubscribe-secret"
+
+
+class Engine:
+    """Compiled rules plus the functions that apply inputs to a user's state."""
+
+    def __init__(self, rules: RuleSet, options: EngineOptions | None = None) -> None:
+        self.rules = rules
+        self.options = options or EngineOptions()
+        self.lateness = rules.settings.lateness.total_seconds()
+        self.programs: dict[str, Program] = {
+            jid: compile_journey(journey, rules.versions.get(jid, "0"))
+            for jid, journey in rules.journeys.items()
+        }
+        self.metrics = [CompiledMetric(name, spec) for name, spec in rules.metrics.items()]
+        self.metrics_by_event: dict[str, list[CompiledMetric]] = {}
+        for metric in self.metrics:
+            self.metrics_by_event.setdefault(metric.event_type, []).append(metric)
+        self.segments = [
+            (name, _condition(seg.when), profile_dependencies(seg.when))
+            for name, seg in rules.segments.items()
+        ]
+        self.by_event: dict[str, list[Program]] = {}
+        self.by_segment: dict[tuple[str, str], list[Program]] = {}
+        self.schedules: list[Program] = []
+        self.dated: list[Program] = []
+        self.idle: list[Program] = []
+        for program in self.programs.values():
+            journey = program.journey
+            if not journey.enabled:
+                continue
+            trigger: Any = journey.trigger
+            kind = journey.trigger_kind
+            if kind == "event":
+                self.by_event.setdefault(trigger.event, []).append(program)
+            elif kind == "segment":
+                edge = (trigger.segment.name, trigger.segment.direction)
+                self.by_segment.setdefault(edge, []).append(program)
+            elif kind == "schedule":
+                self.schedules.append(program)
+            elif kind == "date":
+                self.dated.append(program)
+            elif kind == "inactivity":
+                self.idle.append(program)
+        deps: set[str] = set()
+        for program in self.dated:
+            deps |= {program.journey.trigger.date.attribute, "timezone"}  # type: ignore[union-attr]
+        self.date_deps = frozenset(deps)
+        self.steps = StepRunner(self)
+
+    # ------------------------------------------------------------------ inputs
+
+    def handle_event(self, state: UserState, event: Event, now: datetime) -> Outcome:
+        """Apply one event arriving at `now`."""
+        turn = Turn(self, state, now.timestamp())
+        if not state.remember_event(event.event_id):
+            turn.count("herald_events_duplicate_total")
+            return self._finish(turn)
+        ts = event.timestamp.timestamp()
+        at = min(max(ts, turn.now - self.lateness), turn.now)
+        self._advance(turn, at, inclusive=False)
+        self.apply_event(turn, event, at)
+        self._advance(turn, turn.now, inclusive=True)
+        return self._finish(turn)
+
+    def handle_tick(self, state: UserState, now: datetime) -> Outcome:
+        """Fire everything of this user that is due at or before `now`."""
+        turn = Turn(self, state, now.timestamp())
+        self._advance(turn, turn.now, inclusive=True)
+        return self._finish(turn)
+
+    def handle_schedule(
+        self, state: UserState, journey_id: str, fire_at: datetime, now: datetime
+    ) -> Outcome:
+        """A schedule journey's cron time came: a member of its segment may start a run."""
+        turn = Turn(self, state, now.timestamp())
+        at = fire_at.timestamp()
+        self._advance(turn, at, inclusive=False)
+        program = self.programs.get(journey_id)
+        if program is not None and program.journey.enabled:
+            self.steps.refresh_segments(turn, at)
+            segment = program.journey.trigger.segment  # type: ignore[union-attr]
+            if segment in state.segments:
+                entry = {"type": "schedule", "timestamp": iso(at), "properties": {}}
+                self.steps.try_start(turn, program, firing_entry_id("schedule", at), at, entry)
+        self._advance(turn, turn.now, inclusive=True)
+        return self._finish(turn)
+
+    def handle_profile(self, state: UserState, traits: dict[str, Any], now: datetime) -> Outcome:
+        """Load profile traits (an import, not activity): segments and date triggers follow."""
+        turn = Turn(self, state, now.timestamp())
+        self._advance(turn, turn.now, inclusive=False)
+        changed = self.steps.merge_traits(turn, traits)
+        if changed:
+            self.steps.profile_changed(turn, turn.now, changed)
+        self._advance(turn, turn.now, inclusive=True)
+        return self._finish(turn)
+
+    def schedule_times(
+        self, journey_id: str, after: datetime, until: datetime
+    ) -> Iterator[datetime]:
+        """Cron firings of a schedule journey in (after, until], in its time zone."""
+        program = self.programs[journey_id]
+        expr: str = program.journey.trigger.schedule  # type: ignore[union-attr]
+        tz = zone(program.journey.timezone)
+        current = next_cron(expr, after, tz)
+        while current <= until:
+            yield current
+            current = next_cron(expr, current, tz)
+
+    # ------------------------------------------------------------------ events
+
+    def apply_event(self, turn: Turn, event: Event, at: float, depth: int = 0) -> None:
+        """Everything one event does to a user, at effective time `at`."""
+        state = turn.state
+        changed = self.steps.merge_traits(turn, event.traits) if event.traits else set()
+        for metric in self.metrics_by_event.get(event.type, ()):
+            if metric.when is not None and not turn.check(metric.when, at, event=event):
+                continue
+            if metric.fold(state.metrics.setdefault(metric.name, {}), event.properties, at):
+                changed.add(f"metrics.{metric.name}")
+        if not event.emitted and not event.type.startswith("message."):
+            self._note_activity(turn, event.type, at)
+        if changed:
+            self.steps.profile_changed(turn, at, changed)
+        for run in list(state.runs.values()):
+            self.steps.on_event(turn, run, event, at)
+        self._check_goals(turn, event, at)
+        for program in self.by_event.get(event.type, ()):
+            if program.trigger_when is not None and not turn.check(
+                program.trigger_when, at, event=event, journey={"id": program.journey.journey}
+            ):
+                continue
+            self.steps.try_start(turn, program, event.event_id, at, event.as_context(), event)
+
+    def _note_activity(self, turn: Turn, event_type: str, at: float) -> None:
+        state = turn.state
+        for program in self.idle:
+            counted: list[str] | None = program.journey.trigger.inactivity.events  # type: ignore[union-attr]
+            if counted is not None and event_type not in counted:
+                continue
+            jid = program.journey.journey
+            if state.activity.get(jid, float("-inf")) <= at:
+                state.activity[jid] = at
+            if jid in state.idle_fired:
+                state.idle_fired.remove(jid)
+
+    def _check_goals(self, turn: Turn, event: Event, at: float) -> None:
+        state = turn.state
+        for jid in list(state.goals):
+            deadline, variant = state.goals[jid]
+            if at > deadline:
+                del state.goals[jid]
+                continue
+            program = self.programs.get(jid)
+            goal = program.journey.goal if program else None
+            if goal is None or program is None or goal.event != event.type:
+                continue
+            if program.goal_when is not None and not turn.check(program.goal_when, at, event=event):
+                continue
+            del state.goals[jid]
+            turn.count("herald_goals_total", journey=jid, variant=variant or "")
+            turn.trace(at, jid, "goal", f"goal {goal.event} reached")
+
+    # ------------------------------------------------------------------ time
+
+    def next_due(self, state: UserState) -> tuple[float, str, str] | None:
+        """The earliest thing due for this user: (time, kind, journey)."""
+        best: tuple[float, str, str] | None = None
+        for jid, run in state.runs.items():
+            if run.wake_at is not None and (best is None or (run.wake_at, "run", jid) < best):
+                best = (run.wake_at, "run", jid)
+        for jid, (when, _key) in state.dates.items():
+            if when is not None and (best is None or (when, "date", jid) < best):
+                best = (when, "date", jid)
+        for program in self.idle:
+            jid = program.journey.journey
+            last = state.activity.get(jid)
+            if last is None or jid in state.idle_fired:
+                continue
+            span: timedelta = program.journey.trigger.inactivity.for_  # type: ignore[union-attr]
+            due = last + span.total_seconds()
+            if best is None or (due, "idle", jid) < best:
+                best = (due, "idle", jid)
+        return best
+
+    def _advance(self, turn: Turn, until: float, *, inclusive: bool) -> None:
+        for _ in range(MAX_DUE_PER_INPUT):
+            due = self.next_due(turn.state)
+            if due is None or due[0] > until or (due[0] == until and not inclusive):
+                return
+            self._fire(turn, *due)
+        turn.failure(until, "", "", "too many due items in one input; the rest wait for the next")
+
+    def _fire(self, turn: Turn, at: float, kind: str, jid: str) -> None:
+        state = turn.state
+        program = self.programs.get(jid)
+        if kind == "run":
+            run = state.runs[jid]
+            if program is None:
+                self.steps.end_run(turn, run, at, "removed")
+                return
+            self.steps.wake(turn, program, run, at)
+        elif kind == "date":
+            self.steps.fire_date(turn, jid, at)
+        else:
+            state.idle_fired.append(jid)
+            if program is not None and program.journey.enabled:
+                entry = {"type": "inactivity", "timestamp": iso(at), "properties": {}}
+                self.steps.try_start(turn, program, firing_entry_id("inactivity", at), at, entry)
+
+    def _finish(self, turn: Turn) -> Outcome:
+        due = self.next_due(turn.state)
+        turn.state.wake_at = due[0] if due else None
+        return Outcome(turn.state, turn.effects)
+
+    def user_zone_name(self, state: UserState, program: Program) -> str:
+        """The zone a user's local times are read in (for tools that explain a decision)."""
+        return str(user_zone(state, program))
+
+
+def _condition(source: str) -> Any:
+    from engine.expressions import compile_condition
+
+    return compile_condition(source)
+
+
+def utc(ts: float) -> datetime:
+    """Epoch seconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(ts, UTC)
+
+
+__all__ = [
+    "Count",
+    "Effect",
+    "Emitted",
+    "Engine",
+    "EngineOptions",
+    "Failure",
+    "Outcome",
+    "Run",
+    "Trace",
+]

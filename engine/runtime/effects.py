@@ -1,0 +1,112 @@
+"""What the core asks the outside world to do. The core only describes; workers perform."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.events import Event
+from engine.runtime.state import UserState
+
+
+def iso(ts: float) -> str:
+    """The spec's time format: ISO 8601 with an explicit +00:00."""
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A rendered message to dispatch. `message_id` is the dedupe key end to end."""
+
+    message_id: str
+    user_id: str
+    journey: str
+    step: str
+    channel: str
+    to: str
+    subject: str | None
+    body: str
+    variant: str | None
+    at: float
+    entry_id: str = ""
+    entry_at: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_simulation_line(self) -> dict[str, Any]:
+        """Exactly the fields `herald simulate` prints (journeys.md, Simulation)."""
+        return {
+            "at": iso(self.at),
+            "user_id": self.user_id,
+            "journey": self.journey,
+            "step": self.step,
+            "channel": self.channel,
+            "to": self.to,
+            "message_id": self.message_id,
+            "variant": self.variant,
+            "subject": self.subject,
+            "body": self.body,
+        }
+
+    def to_action(self) -> dict[str, Any]:
+        """The record on `herald.actions` the dispatcher consumes."""
+        doc = self.to_simulation_line()
+        doc["entry_id"] = self.entry_id
+        if self.entry_at is not None:
+            doc["entry_at"] = self.entry_at
+        if self.meta:
+            doc["meta"] = self.meta
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """An event produced by an `emit` step (already applied to this user by the core)."""
+
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """One increment of a Prometheus counter named in runtime.md (or a Herald-specific one)."""
+
+    metric: str
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A step that failed (template error, webhook body error): recorded, never half-sent."""
+
+    at: float
+    user_id: str
+    journey: str
+    step: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """One step taken, for `herald simulate --trace` (only produced when tracing is on)."""
+
+    at: float
+    user_id: str
+    journey: str
+    step: str
+    what: str
+
+
+Effect = Message | Emitted | Count | Failure | Trace
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of one input: the new state and what to do about it."""
+
+    state: UserState
+    effects: list[Effect]
+
+    @property
+    def messages(self) -> list[Message]:
+        """The dispatchable part of the effects."""
+        return [e for e in self.effects if isinstance(e, Message)]

@@ -1,0 +1,318 @@
+"""The HTTP ingest API: native and Segment-compatible event endpoints, health and metrics.
+
+An answer of 202 means every accepted event is acknowledged by the broker (acks=all): nothing
+accepted is lost. Invalid items are answered with their reasons, counted, and dead-lettered, while
+the valid items of the same batch still go through. If the broker cannot be reached nothing is
+accepted (503) and the client retries; retried events keep their `event_id` (given, Segment's
+`messageId`, or derived from the content) so the processor deduplicates them.
+
+Segment clients work unchanged: they post to `/v1/batch` (or `/v1/track`, ..., or analytics.js's
+short `/v1/t`, `/v1/b`, ...) with the write key as the Basic-auth user name or, from browsers, as
+`writeKey` in the body, possibly gzip-encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import ipaddress
+import logging
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from engine.errors import InvalidEvent, ServiceError
+from engine.events import Event, parse_event
+from workers.config import Settings, kafka_bootstrap
+from workers.metrics import Registry
+from workers.producer import EventProducer
+from workers.topics import ensure_topics
+
+__all__ = ["create_app", "post_event", "run_api"]
+
+log = logging.getLogger(__name__)
+
+SOURCE: Final = "api"
+NO_KEYS_HINT: Final = (
+    "no API keys are configured, so only loopback clients are accepted; "
+    "set HERALD_API_KEYS to accept others"
+)
+# Segment message types by endpoint, including analytics.js's one-letter paths.
+SEGMENT_ROUTES: Final = {
+    "track": "track",
+    "identify": "identify",
+    "page": "page",
+    "screen": "screen",
+    "group": "group",
+    "alias": "alias",
+    "t": "track",
+    "i": "identify",
+    "p": "page",
+    "s": "screen",
+    "g": "group",
+    "a": "alias",
+}
+_JSON: Final = "application/json"
+
+
+def create_app(
+    settings: Settings, producer: EventProducer, *, metrics: Registry | None = None
+) -> web.Application:
+    """The aiohttp application; other workers may add routes (webhooks) before it starts."""
+    registry = metrics if metrics is not None else Registry()
+    ingest = _Ingest(settings, producer, registry)
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app.router.add_post("/v1/events", ingest.events)
+    app.router.add_post("/v1/batch", ingest.segment_batch)
+    app.router.add_post("/v1/b", ingest.segment_batch)
+    for path, kind in SEGMENT_ROUTES.items():
+        app.router.add_post(f"/v1/{path}", ingest.segment_single(kind))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", ingest.readyz)
+    app.router.add_get("/metrics", ingest.metrics_text)
+    return app
+
+
+async def run_api(settings: Settings, *, metrics: Registry | None = None) -> None:
+    """Serve until cancelled; in-flight requests finish (and are acknowledged) before exit."""
+    bootstrap = kafka_bootstrap(settings)
+    await ensure_topics(bootstrap, settings.partitions)
+    producer = EventProducer(bootstrap)
+    await producer.start()
+    runner = web.AppRunner(create_app(settings, producer, metrics=metrics), access_log=None)
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, settings.api_host, settings.api_port).start()
+        log.info("HTTP API on http://%s:%d", settings.api_host, settings.api_port)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await producer.stop()
+
+
+async def post_event(
+    base_url: str, event: dict[str, Any], api_key: str | None
+) -> tuple[int, dict[str, Any]]:
+    """POST one event to `/v1/events` (for `herald emit`); the status and the JSON answer."""
+    headers = {"Content-Type": _JSON}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    url = base_url.rstrip("/") + "/v1/events"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+            session.post(url, data=orjson.dumps(event), headers=headers) as response,
+        ):
+            body = await response.read()
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise ServiceError(f"cannot reach the Herald API at {base_url}: {exc}") from exc
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):
+        answer = {"error": "unexpected_answer", "detail": body[:500].decode(errors="replace")}
+    return status, answer
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Ingest:
+    def __init__(self, settings: Settings, producer: EventProducer, registry: Registry) -> None:
+        self._keys = [k.encode() for k in settings.api_keys]
+        self._max_body = settings.max_body_bytes
+        self._producer = producer
+        self._registry = registry
+        self._accepted = registry.counter(
+            "herald_events_total", "Events accepted, by type.", ["type"]
+        )
+        self._invalid = registry.counter(
+            "herald_events_invalid_total", "Events refused as invalid, by reason.", ["reason"]
+        )
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Native: one event, or `{"batch": [...]}`."""
+        return await self._ingest(request, segment_type=None, batch_only=False)
+
+    async def segment_batch(self, request: web.Request) -> web.StreamResponse:
+        return await self._ingest(request, segment_type=None, batch_only=True)
+
+    def segment_single(self, kind: str) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._ingest(request, segment_type=kind, batch_only=False)
+
+        return handler
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        if await self._producer.ready():
+            return _json(200, {"status": "ready"})
+        return _json(503, {"status": "unavailable"})
+
+    async def metrics_text(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            text=self._registry.render(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    async def _ingest(
+        self, request: web.Request, *, segment_type: str | None, batch_only: bool
+    ) -> web.StreamResponse:
+        header_key = _request_key(request)
+        if self._keys:
+            # Browsers (analytics.js) send the key in the body: only those requests are read
+            # before being authorised.
+            if header_key is not None and not self._known(header_key):
+                return _json(401, {"error": "unauthorized"})
+        elif not _is_loopback(request.remote):
+            return _json(401, {"error": "unauthorized", "detail": NO_KEYS_HINT})
+        if request.content_length is not None and request.content_length > self._max_body:
+            return self._too_large()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large()
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            if self._keys and header_key is None:
+                return _json(401, {"error": "unauthorized"})
+            return await self._refuse_body(body, InvalidEvent("malformed_json", str(exc)))
+        if self._keys and header_key is None and not self._known(_body_key(doc)):
+            return _json(401, {"error": "unauthorized"})
+        items, problem = _items(doc, segment_type=segment_type, batch_only=batch_only)
+        if problem is not None:
+            return await self._refuse_body(body, problem)
+        return await self._accept(items)
+
+    async def _accept(self, items: list[Any]) -> web.StreamResponse:
+        received_at = datetime.now(UTC)
+        events: list[Event] = []
+        errors: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            try:
+                events.append(parse_event(item, received_at=received_at))
+            except InvalidEvent as exc:
+                errors.append({"index": index, "reason": exc.reason, "detail": exc.detail})
+        try:
+            await asyncio.gather(
+                self._producer.send_events(events),
+                *(self._dead_letter(orjson.dumps(items[e["index"]]), e) for e in errors),
+            )
+        except ServiceError as exc:
+            log.warning("refusing %d events: %s", len(items), exc)
+            return _json(503, {"error": "unavailable"})
+        for kind, n in Tally(e.type for e in events).items():
+            self._accepted.inc(kind, amount=n)
+        for reason, n in Tally(e["reason"] for e in errors).items():
+            self._invalid.inc(reason, amount=n)
+        if errors:
+            return _json(400, {"accepted": len(events), "errors": errors})
+        return _json(202, {"accepted": len(events)})
+
+    async def _dead_letter(self, raw: bytes, error: dict[str, Any]) -> None:
+        await self._producer.send_dlq(raw, error["reason"], error["detail"], SOURCE)
+
+    async def _refuse_body(self, body: bytes, problem: InvalidEvent) -> web.StreamResponse:
+        """A body that holds no usable event at all: dead-lettered whole, answered 400."""
+        try:
+            await self._producer.send_dlq(body, problem.reason, problem.detail, SOURCE)
+        except ServiceError as exc:
+            log.warning("cannot dead-letter a refused body: %s", exc)
+            return _json(503, {"error": "unavailable"})
+        self._invalid.inc(problem.reason)
+        return _json(400, {"error": problem.reason, "detail": problem.detail})
+
+    def _too_large(self) -> web.StreamResponse:
+        self._invalid.inc("too_large")
+        detail = f"the body is larger than {self._max_body} bytes (HERALD_MAX_BODY_BYTES)"
+        return _json(413, {"error": "too_large", "detail": detail}, close=True)
+
+    def _known(self, key: object) -> bool:
+        if not isinstance(key, str) or not key:
+            return False
+        candidate = key.encode()
+        # compare against every key so the time taken says nothing about which one matched
+        return sum(hmac.compare_digest(candidate, k) for k in self._keys) > 0
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return _json(200, {"status": "ok"})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _items(
+    doc: Any, *, segment_type: str | None, batch_only: bool
+) -> tuple[list[Any], InvalidEvent | None]:
+    """The raw items of a body, or the reason the whole body is unusable."""
+    if isinstance(doc, dict) and "batch" in doc and segment_type is None:
+        batch = doc["batch"]
+        if not isinstance(batch, list):
+            return [], InvalidEvent("bad_type", "batch: must be an array")
+        return batch, None
+    if batch_only:
+        return [], InvalidEvent("missing_batch", 'the body must be {"batch": [...]}')
+    if segment_type is not None and isinstance(doc, dict):
+        doc["type"] = segment_type  # the endpoint names the Segment call
+    return [doc], None
+
+
+def _request_key(request: web.Request) -> str | None:
+    """The key from `Authorization: Bearer KEY` or Basic `KEY:` (Segment's form); None if absent."""
+    header = request.headers.get("Authorization")
+    if not header:
+        return None
+    scheme, _, credentials = header.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return credentials.strip()
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[0]
+    return ""
+
+
+def _body_key(doc: Any) -> object:
+    """analytics.js puts the write key in the body: in the envelope or in each message."""
+    if not isinstance(doc, dict):
+        return None
+    if "writeKey" in doc:
+        return doc["writeKey"]
+    batch = doc.get("batch")
+    if isinstance(batch, list) and batch and isinstance(batch[0], dict):
+        return batch[0].get("writeKey")
+    return None
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
+    return False
+
+
+def _json(status: int, body: dict[str, Any], *, close: bool = False) -> web.Response:
+    response = web.Response(status=status, body=orjson.dumps(body), content_type=_JSON)
+    if close:
+        response.force_close()
+    return response

@@ -1,0 +1,112 @@
+"""The dispatcher role as a faust-streaming app: consume herald.actions, deliver, dedupe."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+
+from connectors.registry import build_connectors
+from workers.config import Settings, faust_app_settings, kafka_bootstrap
+from workers.dispatcher import Dispatcher, DispatchReport
+from workers.kafka_sink import KafkaSink
+from workers.telemetry import Telemetry, serve_metrics
+from workers.topics import ACTIONS, ensure_topics
+
+log = logging.getLogger(__name__)
+
+BATCH_RECORDS = 500
+BATCH_WITHIN_S = 0.005
+RETRY_MAX_S = 5.0
+
+
+class DispatcherService:
+    """Connectors, dedupe store, dead-letter producer and metrics of one dispatcher process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.sink = KafkaSink(kafka_bootstrap(settings), client_id="herald-dispatcher")
+        self.telemetry = Telemetry()
+        self.dispatcher: Dispatcher | None = None
+        self._started = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._runner: Any = None
+        self.metrics_port: int | None = None
+
+    async def start(self) -> None:
+        """Connect producer and connectors, serve /metrics (idempotent)."""
+        async with self._lock:
+            if self._started.is_set():
+                return
+            await self.sink.start()
+            connectors, fallback = build_connectors(self.settings)
+            for connector in {id(c): c for c in [*connectors.values(), fallback]}.values():
+                await connector.start()
+            self.dispatcher = Dispatcher(self.redis, connectors, fallback)
+            self._runner, self.metrics_port = await serve_metrics(
+                self.telemetry, "127.0.0.1", self.settings.metrics_port
+            )
+            self._started.set()
+
+    async def stop(self) -> None:
+        """Release everything."""
+        if self.dispatcher is not None:
+            for connector in {
+                id(c): c for c in [*self.dispatcher.connectors.values(), self.dispatcher.fallback]
+            }.values():
+                await connector.close()
+        if self._started.is_set():
+            await self.sink.stop()
+            if self._runner is not None:
+                await self._runner.cleanup()
+        await self.redis.aclose()
+
+    async def handle(self, values: list[bytes]) -> None:
+        """Deliver a batch; infrastructure failures are retried, never skipped."""
+        await self.start()
+        assert self.dispatcher is not None
+        delay = 0.05
+        while True:
+            try:
+                report = await self.dispatcher.dispatch(values)
+                await self.sink.send_raw_dead_letters(report.dead_letters)
+                break
+            except Exception:
+                log.exception("dispatch batch failed; retrying in %.2fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        self._observe(report)
+
+    def _observe(self, report: DispatchReport) -> None:
+        for (channel, status), n in report.by_status.items():
+            self.telemetry.messages.labels(channel=channel, status=status).inc(n)
+        for seconds in report.latencies:
+            self.telemetry.latency.observe(seconds)
+
+
+def create_dispatcher_app(settings: Settings, service: DispatcherService) -> faust.App:
+    """The faust app of the dispatcher role."""
+    app = faust.App(**faust_app_settings(settings, role="dispatcher", web_port=0))
+    topic = app.topic(
+        ACTIONS, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
+    )
+
+    @app.task
+    async def _startup() -> None:
+        await ensure_topics(kafka_bootstrap(settings), settings.partitions)
+        await service.start()
+
+    @app.agent(topic)
+    async def deliver(stream: Any) -> None:
+        async for batch in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
+            await service.handle([e.message.value for e in batch])
+
+    @app.on_before_shutdown.connect
+    async def _shutdown(_app: Any, **_kwargs: Any) -> None:
+        await service.stop()
+
+    return app

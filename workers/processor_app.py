@@ -1,0 +1,201 @@
+"""The processor role as a faust-streaming app: consume herald.events, drive the core.
+
+One agent takes batches of records from the partitions this worker owns and hands them to
+`BatchProcessor`. Three timers run beside it, all only for owned partitions:
+  - due timers: users whose next due time has come get a `tick` control record on their own
+    partition, so the timer is applied by the partition's owner, in order with its events;
+  - schedules: at each cron firing, members of the journey's segment get a `schedule` record;
+  - rules: a changed, valid rules folder replaces the engine between batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+
+from engine.runtime.steps import utc
+from workers import keys
+from workers.config import Settings, faust_app_settings, kafka_bootstrap
+from workers.kafka_sink import KafkaSink
+from workers.processor import BatchProcessor, Clock, EventClock, Record, WallClock
+from workers.records import control
+from workers.rules_watch import RulesWatcher
+from workers.store import RedisStore
+from workers.telemetry import Telemetry, serve_metrics
+from workers.topics import EVENTS, ensure_topics
+
+log = logging.getLogger(__name__)
+
+BATCH_RECORDS = 500
+BATCH_WITHIN_S = 0.005
+TICK_CHUNK = 500
+LEASE_S = 30.0
+RETRY_MAX_S = 5.0
+
+
+class ProcessorService:
+    """Everything the processor owns besides faust: engine, store, producer, metrics."""
+
+    def __init__(self, settings: Settings, *, event_time: bool = False) -> None:
+        self.settings = settings
+        self.watcher = RulesWatcher(settings.rules_dir)
+        self.store = RedisStore.from_url(settings.redis_url)
+        self.sink = KafkaSink(kafka_bootstrap(settings), client_id="herald-processor")
+        self.clock: Clock = EventClock() if event_time else WallClock()
+        self.processor = BatchProcessor(self.watcher.engine, self.store, self.sink, self.clock)
+        self.telemetry = Telemetry()
+        self._started = asyncio.Event()
+        self._start_lock = asyncio.Lock()
+        self.metrics_port: int | None = None
+        self._metrics_runner: Any = None
+
+    async def start(self) -> None:
+        """Connect the producer and serve /metrics (idempotent)."""
+        async with self._start_lock:
+            if self._started.is_set():
+                return
+            await self.sink.start()
+            self._metrics_runner, self.metrics_port = await serve_metrics(
+                self.telemetry, "127.0.0.1", self.settings.metrics_port
+            )
+            log.info("processor metrics on 127.0.0.1:%s", self.metrics_port)
+            self._started.set()
+
+    async def stop(self) -> None:
+        """Release everything."""
+        if self._started.is_set():
+            await self.sink.stop()
+            await self.store.close()
+            if self._metrics_runner is not None:
+                await self._metrics_runner.cleanup()
+
+    async def handle(self, records: list[Record]) -> None:
+        """Process a batch; infrastructure failures are retried until they pass, never skipped."""
+        await self.start()
+        delay = 0.05
+        while True:
+            try:
+                report = await self.processor.process(records)
+                break
+            except Exception:
+                log.exception("batch failed; retrying in %.2fs (offsets are not committed)", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        for event_type, n in report.events_by_type.items():
+            self.telemetry.events.labels(type=event_type).inc(n)
+        self.telemetry.add_counts(report.counts)
+
+    def now_for(self, partition: int) -> float:
+        """The clock timers compare against (event time per partition, or the wall clock)."""
+        if self.clock.event_time:
+            return self.processor.watermarks.get(partition, 0.0)
+        return time.time()
+
+    async def fire_timers(self, partitions: list[int]) -> None:
+        """Hand due users of owned partitions a tick through their own partition."""
+        if not self._started.is_set():
+            return
+        if self.clock.event_time:
+            await self.processor._load_watermarks(set(partitions))
+        pending = 0
+        for p in partitions:
+            now = self.now_for(p)
+            if now <= 0:
+                continue
+            users = await self.store.due(p, now, 5000, now + LEASE_S)
+            for i in range(0, len(users), TICK_CHUNK):
+                chunk = users[i : i + TICK_CHUNK]
+                await self.sink.send_control(p, control("tick", now, users=chunk))
+            pending += await self.store.client.zcard(keys.timers(p))
+        self.telemetry.timers_pending.set(pending)
+
+    async def fire_schedules(self, partitions: list[int]) -> None:
+        """Hand each schedule firing to the segment's members, once per partition."""
+        if not self._started.is_set():
+            return
+        engine = self.processor.engine
+        for program in engine.schedules:
+            jid = program.journey.journey
+            segment: str = program.journey.trigger.segment  # type: ignore[union-attr]
+            for p in partitions:
+                now = self.now_for(p)
+                if now <= 0:
+                    continue
+                mark = await self.store.schedule_mark(p, jid)
+                if mark is None:
+                    # A new schedule starts from now: it never replays past firings.
+                    await self.store.set_schedule_mark(p, jid, now)
+                    continue
+                for fire in engine.schedule_times(jid, utc(mark), utc(now)):
+                    users = await self.store.segment_members(p, segment)
+                    at = fire.timestamp()
+                    for i in range(0, len(users), TICK_CHUNK):
+                        value = control(
+                            "schedule", at, journey=jid, users=users[i : i + TICK_CHUNK]
+                        )
+                        await self.sink.send_control(p, value)
+                    await self.store.set_schedule_mark(p, jid, at)
+
+    def reload(self) -> None:
+        """Adopt changed rules if they are valid."""
+        engine = self.watcher.poll()
+        if engine is not None:
+            self.processor.reload(engine)
+        elif self.watcher.last_error:
+            self.telemetry.rules_reload_failures.inc()
+            self.watcher.last_error = None
+
+
+def owned_partitions(app: faust.App, topic: str) -> list[int]:
+    """Partitions of `topic` assigned to this worker right now."""
+    try:
+        assignment = app.consumer.assignment()
+    except Exception:  # not yet started, or rebalancing
+        return []
+    return sorted(tp.partition for tp in assignment if tp.topic == topic)
+
+
+def create_processor_app(settings: Settings, service: ProcessorService) -> faust.App:
+    """The faust app of the processor role."""
+    app = faust.App(**faust_app_settings(settings, role="processor", web_port=0))
+    topic = app.topic(
+        EVENTS,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+
+    @app.task
+    async def _startup() -> None:
+        await ensure_topics(kafka_bootstrap(settings), settings.partitions)
+        await service.start()
+
+    @app.agent(topic)
+    async def process(stream: Any) -> None:
+        async for batch in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
+            records = [
+                Record(e.message.partition, e.message.offset, e.message.value) for e in batch
+            ]
+            await service.handle(records)
+
+    @app.timer(interval=0.1)
+    async def _timers() -> None:
+        await service.fire_timers(owned_partitions(app, EVENTS))
+
+    @app.timer(interval=1.0)
+    async def _schedules() -> None:
+        await service.fire_schedules(owned_partitions(app, EVENTS))
+
+    @app.timer(interval=2.0)
+    async def _rules() -> None:
+        service.reload()
+
+    @app.on_before_shutdown.connect
+    async def _shutdown(_app: Any, **_kwargs: Any) -> None:
+        await service.stop()
+
+    return app

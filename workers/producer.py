@@ -1,0 +1,208 @@
+"""Producing events onto `herald.events`, packed per partition, and dead letters onto `herald.dlq`.
+
+The HTTP API may answer 202 only once every accepted event is acknowledged by the broker
+(acks=all), so `send_events` returns only then. To amortise the per-record cost it writes one
+packed record per partition (see `engine.events` for the wire format), on the partition Kafka's
+default partitioner gives the user id, so a packed record and a plain keyed record from any other
+producer land on the same partition and the same worker owns the user's state either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.codec import has_lz4
+from aiokafka.errors import BrokerResponseError, KafkaError
+
+from engine.errors import ServiceError
+from engine.events import Event, pack_records
+from workers.topics import DLQ, EVENTS, partition_for
+
+__all__ = ["MAX_PACK_BYTES", "EventProducer"]
+
+log = logging.getLogger(__name__)
+
+# Well under Kafka's default 1 MiB message.max.bytes, large enough that a 500-event batch of
+# typical events is one record per partition.
+MAX_PACK_BYTES: Final = 512 * 1024
+_CACHE_USERS: Final = 200_000
+
+
+class EventProducer:
+    """One aiokafka producer shared by every request of a process."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        client_id: str = "herald-api",
+        linger_ms: int = 0,  # aiokafka batches anyway while a partition has a request in flight
+        request_timeout_ms: int = 10_000,
+        max_pack_bytes: int = MAX_PACK_BYTES,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self._linger_ms = linger_ms
+        self._request_timeout_ms = request_timeout_ms
+        self._max_pack_bytes = max_pack_bytes
+        self._producer: Any = None
+        self.idempotent = False
+        # user id -> partition for `_cached_partitions` partitions (murmur2 is pure Python)
+        self._partition_of: dict[str, int] = {}
+        self._cached_partitions = 0
+
+    async def start(self) -> None:
+        """Connect; use idempotence (no duplicates on internal retries) when the broker has it.
+
+        Brokers without it (the embedded one) refuse InitProducerId; Herald still works there,
+        since every consumer deduplicates by `event_id`.
+        """
+        try:
+            try:
+                with _quiet_probe():
+                    self._producer = await self._started(idempotent=True)
+                self.idempotent = True
+            except BrokerResponseError as exc:
+                log.info("broker refused an idempotent producer (%r); using one without", exc)
+                self._producer = await self._started(idempotent=False)
+            # Learn the partition count now, not on the first request; run `ensure_topics`
+            # first, since Tansu auto-creates a topic it is asked about.
+            await self._producer.partitions_for(EVENTS)
+        except KafkaError as exc:
+            await self.stop()
+            raise ServiceError(f"cannot reach Kafka at {self._bootstrap}: {exc!r}") from exc
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def ready(self, timeout: float = 2.0) -> bool:
+        """Started, the broker answers a metadata request, and `herald.events` exists."""
+        producer = self._producer
+        if producer is None:
+            return False
+        client = producer.client
+        try:
+            updated = await asyncio.wait_for(client.force_metadata_update(), timeout)
+        except (TimeoutError, KafkaError):
+            return False
+        return bool(updated) and bool(client.cluster.partitions_for_topic(EVENTS))
+
+    async def send_events(self, events: list[Event]) -> None:
+        """Produce all events and wait for every acknowledgement; ServiceError if any failed.
+
+        On failure some packs may already be stored: the caller reports nothing accepted and the
+        client's retry is deduplicated downstream by `event_id`.
+        """
+        if not events:
+            return
+        producer = self._require()
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            partition_of = self._partitioner(len(await producer.partitions_for(EVENTS)))
+            by_partition: dict[int, list[Event]] = {}
+            for event in events:
+                by_partition.setdefault(partition_of(event.user_id), []).append(event)
+            for p, group in by_partition.items():
+                for key, value in pack_records(group, self._max_pack_bytes):
+                    futures.append(
+                        await producer.send(EVENTS, value, key=key.encode(), partition=p)
+                    )
+        except KafkaError as exc:
+            await asyncio.gather(*futures, return_exceptions=True)  # leave none unobserved
+            raise ServiceError(f"cannot produce to {EVENTS}: {exc!r}") from exc
+        await _all_acked(futures)
+
+    def _partitioner(self, partitions: int) -> Callable[[str], int]:
+        if partitions != self._cached_partitions or len(self._partition_of) > _CACHE_USERS:
+            self._partition_of = {}
+            self._cached_partitions = partitions
+        cache = self._partition_of
+
+        def partition_of(user_id: str) -> int:
+            p = cache.get(user_id)
+            if p is None:
+                p = cache[user_id] = partition_for(user_id.encode(), partitions)
+            return p
+
+        return partition_of
+
+    async def send_dlq(self, raw: bytes, reason: str, detail: str, source: str) -> None:
+        """Dead-letter something that could not be accepted, keeping its bytes for a replay."""
+        try:
+            text, encoding = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+        value = orjson.dumps(
+            {
+                "reason": reason,
+                "detail": detail,
+                "source": source,
+                "raw": text,
+                "raw_encoding": encoding,
+                "at": datetime.now(UTC).isoformat(),
+            }
+        )
+        producer = self._require()
+        try:
+            future = await producer.send(DLQ, value)
+        except KafkaError as exc:
+            raise ServiceError(f"cannot produce to {DLQ}: {exc!r}") from exc
+        await _all_acked([future])
+
+    async def _started(self, *, idempotent: bool) -> Any:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=idempotent,
+            linger_ms=self._linger_ms,
+            request_timeout_ms=self._request_timeout_ms,
+            max_batch_size=self._max_pack_bytes + 1024,
+            compression_type="lz4" if has_lz4() else None,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    def _require(self) -> Any:
+        if self._producer is None:
+            raise ServiceError("EventProducer is not started")
+        return self._producer
+
+
+class _DropInitProducerIdError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unexpected error during InitProducerId")
+
+
+@contextlib.contextmanager
+def _quiet_probe() -> Iterator[None]:
+    """aiokafka logs a refused InitProducerId as an error; while probing it is an answer."""
+    sender_log = logging.getLogger("aiokafka.producer.sender")
+    quiet = _DropInitProducerIdError()
+    sender_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        sender_log.removeFilter(quiet)
+
+
+async def _all_acked(futures: list[asyncio.Future[Any]]) -> None:
+    """Wait for every delivery (none left unobserved), then fail if any failed."""
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise ServiceError(f"the broker did not acknowledge: {result!r}") from result
