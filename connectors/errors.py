@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from engine.errors import HeraldError
 
+__all__ = ["ConnectorConfigError", "UnknownConnector"]
+
 
 class UnknownConnector(HeraldError, LookupError):
     """Raised for a name no built-in or `herald.connectors` plugin provides; carries a hint."""

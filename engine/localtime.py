@@ -57,10 +57,17 @@ def local_date(instant: datetime, tz: tzinfo) -> date:
     return to_utc(instant).astimezone(tz).date()
 
 
-@lru_cache(maxsize=512)
 def parse_clock(text: str) -> time:
     """Parse `HH:MM` or `HH:MM:SS` (a one-digit hour is accepted) into a naive wall time."""
-    match = _CLOCK.fullmatch(text.strip()) if isinstance(text, str) else None
+    if not isinstance(text, str):
+        # YAML 1.1 reads an unquoted 22:00 as the base-60 integer 1320; say how to fix it.
+        raise ValueError(f"invalid time '{text}': use HH:MM, 00:00–23:59, in quotes (\"22:00\")")
+    return _parse_clock(text)
+
+
+@lru_cache(maxsize=512)
+def _parse_clock(text: str) -> time:
+    match = _CLOCK.fullmatch(text.strip())
     if match:
         hour, minute, second = int(match[1]), int(match[2]), int(match[3] or 0)
         if hour < 24 and minute < 60 and second < 60:

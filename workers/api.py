@@ -8,7 +8,7 @@ accepted (503) and the client retries; retried events keep their `event_id` (giv
 
 Segment clients work unchanged: they post to `/v1/batch` (or `/v1/track`, ..., or analytics.js's
 short `/v1/t`, `/v1/b`, ...) with the write key as the Basic-auth user name or, from browsers, as
-`writeKey` in the body, possibly gzip-encoded.
+`writeKey` in the body, possibly gzip-encoded, and are answered the way Segment answers (200).
 """
 
 from __future__ import annotations
@@ -128,6 +128,10 @@ async def post_event(
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Answer = tuple[int, dict[str, Any]]  # status and JSON body, before the route shapes it
+
+UNAUTHORIZED: Final[Answer] = (401, {"error": "unauthorized"})
+UNAVAILABLE: Final[Answer] = (503, {"error": "unavailable"})
 
 
 class _Ingest:
@@ -144,15 +148,15 @@ class _Ingest:
         )
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        """Native: one event, or `{"batch": [...]}`."""
-        return await self._ingest(request, segment_type=None, batch_only=False)
+        """Native: one event, or `{"batch": [...]}`; 202 once all accepted ones are stored."""
+        return _json(*await self._ingest(request, segment_type=None, batch_only=False))
 
     async def segment_batch(self, request: web.Request) -> web.StreamResponse:
-        return await self._ingest(request, segment_type=None, batch_only=True)
+        return _segment_json(*await self._ingest(request, segment_type=None, batch_only=True))
 
     def segment_single(self, kind: str) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
-            return await self._ingest(request, segment_type=kind, batch_only=False)
+            return _segment_json(*await self._ingest(request, segment_type=kind, batch_only=False))
 
         return handler
 
@@ -171,15 +175,15 @@ class _Ingest:
 
     async def _ingest(
         self, request: web.Request, *, segment_type: str | None, batch_only: bool
-    ) -> web.StreamResponse:
+    ) -> Answer:
         header_key = _request_key(request)
         if self._keys:
             # Browsers (analytics.js) send the key in the body: only those requests are read
             # before being authorised.
             if header_key is not None and not self._known(header_key):
-                return _json(401, {"error": "unauthorized"})
+                return UNAUTHORIZED
         elif not _is_loopback(request.remote):
-            return _json(401, {"error": "unauthorized", "detail": NO_KEYS_HINT})
+            return 401, {"error": "unauthorized", "detail": NO_KEYS_HINT}
         if request.content_length is not None and request.content_length > self._max_body:
             return self._too_large()
         try:
@@ -190,16 +194,16 @@ class _Ingest:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             if self._keys and header_key is None:
-                return _json(401, {"error": "unauthorized"})
+                return UNAUTHORIZED
             return await self._refuse_body(body, InvalidEvent("malformed_json", str(exc)))
         if self._keys and header_key is None and not self._known(_body_key(doc)):
-            return _json(401, {"error": "unauthorized"})
+            return UNAUTHORIZED
         items, problem = _items(doc, segment_type=segment_type, batch_only=batch_only)
         if problem is not None:
             return await self._refuse_body(body, problem)
         return await self._accept(items)
 
-    async def _accept(self, items: list[Any]) -> web.StreamResponse:
+    async def _accept(self, items: list[Any]) -> Answer:
         received_at = datetime.now(UTC)
         events: list[Event] = []
         errors: list[dict[str, Any]] = []
@@ -215,32 +219,32 @@ class _Ingest:
             )
         except ServiceError as exc:
             log.warning("refusing %d events: %s", len(items), exc)
-            return _json(503, {"error": "unavailable"})
+            return UNAVAILABLE
         for kind, n in Tally(e.type for e in events).items():
             self._accepted.inc(kind, amount=n)
         for reason, n in Tally(e["reason"] for e in errors).items():
             self._invalid.inc(reason, amount=n)
         if errors:
-            return _json(400, {"accepted": len(events), "errors": errors})
-        return _json(202, {"accepted": len(events)})
+            return 400, {"accepted": len(events), "errors": errors}
+        return 202, {"accepted": len(events)}
 
     async def _dead_letter(self, raw: bytes, error: dict[str, Any]) -> None:
         await self._producer.send_dlq(raw, error["reason"], error["detail"], SOURCE)
 
-    async def _refuse_body(self, body: bytes, problem: InvalidEvent) -> web.StreamResponse:
+    async def _refuse_body(self, body: bytes, problem: InvalidEvent) -> Answer:
         """A body that holds no usable event at all: dead-lettered whole, answered 400."""
         try:
             await self._producer.send_dlq(body, problem.reason, problem.detail, SOURCE)
         except ServiceError as exc:
             log.warning("cannot dead-letter a refused body: %s", exc)
-            return _json(503, {"error": "unavailable"})
+            return UNAVAILABLE
         self._invalid.inc(problem.reason)
-        return _json(400, {"error": problem.reason, "detail": problem.detail})
+        return 400, {"error": problem.reason, "detail": problem.detail}
 
-    def _too_large(self) -> web.StreamResponse:
+    def _too_large(self) -> Answer:
         self._invalid.inc("too_large")
         detail = f"the body is larger than {self._max_body} bytes (HERALD_MAX_BODY_BYTES)"
-        return _json(413, {"error": "too_large", "detail": detail}, close=True)
+        return 413, {"error": "too_large", "detail": detail}
 
     def _known(self, key: object) -> bool:
         if not isinstance(key, str) or not key:
@@ -311,8 +315,20 @@ def _is_loopback(remote: str | None) -> bool:
     return False
 
 
-def _json(status: int, body: dict[str, Any], *, close: bool = False) -> web.Response:
+def _json(status: int, body: dict[str, Any]) -> web.Response:
     response = web.Response(status=status, body=orjson.dumps(body), content_type=_JSON)
-    if close:
+    if status == 413:  # the rest of the body was not read: do not reuse the connection
         response.force_close()
     return response
+
+
+def _segment_json(status: int, body: dict[str, Any]) -> web.Response:
+    """Answer as Segment's API does: older Segment libraries count only a 200 as delivered,
+    and read `code` and `message` from an error (4xx: not retried; 5xx: retried)."""
+    if status == 202:
+        return _json(200, {"success": True, **body})
+    if status >= 400:
+        errors = body.get("errors", ())
+        message = body.get("detail") or f"{len(errors)} invalid event(s), see errors"
+        body = {**body, "code": body.get("error", "invalid_event"), "message": message}
+    return _json(status, body)

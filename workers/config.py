@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     # Longest a consumer's fetch waits on the broker (see the module docstring: on Tansu this
     # is added latency per hop, since Tansu never ends a waiting fetch early).
     fetch_max_wait_ms: int = Field(default=20, ge=0)
+    # `wall`: decisions use the wall clock (production). `event`: each partition's clock is the
+    # newest event time it has seen, so a replay of historic events (and `herald demo`) runs
+    # its timers at the events' own times, exactly like `herald simulate`.
+    clock: Literal["wall", "event"] = "wall"
+    # Secret signing unsubscribe links, and the public base URL they point at.
+    unsubscribe_secret: str = "herald-dev-unsubscribe-secret"
+    public_url: str = "http://127.0.0.1:8080"
 
     sendgrid_api_key: str | None = Field(default=None, validation_alias="SENDGRID_API_KEY")
     email_from: str | None = Field(default=None, validation_alias="HERALD_EMAIL_FROM")

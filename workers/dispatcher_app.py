@@ -10,7 +10,7 @@ import faust
 import redis.asyncio as aioredis
 
 from connectors.registry import build_connectors
-from workers.config import Settings, faust_app_settings, kafka_bootstrap
+from workers.config import Settings, kafka_bootstrap, make_faust_app
 from workers.dispatcher import Dispatcher, DispatchReport
 from workers.kafka_sink import KafkaSink
 from workers.telemetry import Telemetry, serve_metrics
@@ -90,7 +90,7 @@ class DispatcherService:
 
 def create_dispatcher_app(settings: Settings, service: DispatcherService) -> faust.App:
     """The faust app of the dispatcher role."""
-    app = faust.App(**faust_app_settings(settings, role="dispatcher", web_port=0))
+    app = make_faust_app(settings, role="dispatcher")
     topic = app.topic(
         ACTIONS, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
     )

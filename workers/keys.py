@@ -35,6 +35,11 @@ def watermark(partition: int) -> str:
     return f"{PREFIX}:{{{partition}}}:wm"
 
 
+def first_watermark(partition: int) -> str:
+    """The first event-time clock a partition had: where schedules of a replay start."""
+    return f"{PREFIX}:{{{partition}}}:wm0"
+
+
 def sent(partition: int, message_id: str) -> str:
     """Dispatcher's dedupe marker of one message: `pending` while sending, then `sent`."""
     return f"{PREFIX}:{{{partition}}}:msg:{message_id}"

@@ -17,9 +17,10 @@ from typing import Any
 
 import faust
 
+from engine.runtime.core import EngineOptions
 from engine.runtime.steps import utc
 from workers import keys
-from workers.config import Settings, faust_app_settings, kafka_bootstrap
+from workers.config import Settings, kafka_bootstrap, make_faust_app
 from workers.kafka_sink import KafkaSink
 from workers.processor import BatchProcessor, Clock, EventClock, Record, WallClock
 from workers.records import control
@@ -42,7 +43,13 @@ class ProcessorService:
 
     def __init__(self, settings: Settings, *, event_time: bool = False) -> None:
         self.settings = settings
-        self.watcher = RulesWatcher(settings.rules_dir)
+        self.watcher = RulesWatcher(
+            settings.rules_dir,
+            EngineOptions(
+                unsubscribe_base_url=settings.public_url,
+                unsubscribe_secret=settings.unsubscribe_secret,
+            ),
+        )
         self.store = RedisStore.from_url(settings.redis_url)
         self.sink = KafkaSink(kafka_bootstrap(settings), client_id="herald-processor")
         self.clock: Clock = EventClock() if event_time else WallClock()
@@ -126,6 +133,9 @@ class ProcessorService:
                 if now <= 0:
                     continue
                 mark = await self.store.schedule_mark(p, jid)
+                if mark is None and self.clock.event_time:
+                    # A replay's schedules start where its clock started (as in simulate).
+                    mark = await self.store.first_watermark(p)
                 if mark is None:
                     # A new schedule starts from now: it never replays past firings.
                     await self.store.set_schedule_mark(p, jid, now)
@@ -161,7 +171,7 @@ def owned_partitions(app: faust.App, topic: str) -> list[int]:
 
 def create_processor_app(settings: Settings, service: ProcessorService) -> faust.App:
     """The faust app of the processor role."""
-    app = faust.App(**faust_app_settings(settings, role="processor", web_port=0))
+    app = make_faust_app(settings, role="processor")
     topic = app.topic(
         EVENTS,
         key_serializer="raw",

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 # Well under Kafka's default 1 MiB message.max.bytes, large enough that a 500-event batch of
 # typical events is one record per partition.
 MAX_PACK_BYTES: Final = 512 * 1024
-_CACHE_USERS: Final = 200_000
 
 
 class EventProducer:
@@ -55,9 +55,6 @@ class EventProducer:
         self._max_pack_bytes = max_pack_bytes
         self._producer: Any = None
         self.idempotent = False
-        # user id -> partition for `_cached_partitions` partitions (murmur2 is pure Python)
-        self._partition_of: dict[str, int] = {}
-        self._cached_partitions = 0
 
     async def start(self) -> None:
         """Connect; use idempotence (no duplicates on internal retries) when the broker has it.
@@ -108,10 +105,10 @@ class EventProducer:
         producer = self._require()
         futures: list[asyncio.Future[Any]] = []
         try:
-            partition_of = self._partitioner(len(await producer.partitions_for(EVENTS)))
+            partitions = len(await producer.partitions_for(EVENTS))
             by_partition: dict[int, list[Event]] = {}
             for event in events:
-                by_partition.setdefault(partition_of(event.user_id), []).append(event)
+                by_partition.setdefault(_partition(event.user_id, partitions), []).append(event)
             for p, group in by_partition.items():
                 for key, value in pack_records(group, self._max_pack_bytes):
                     futures.append(
@@ -121,20 +118,6 @@ class EventProducer:
             await asyncio.gather(*futures, return_exceptions=True)  # leave none unobserved
             raise ServiceError(f"cannot produce to {EVENTS}: {exc!r}") from exc
         await _all_acked(futures)
-
-    def _partitioner(self, partitions: int) -> Callable[[str], int]:
-        if partitions != self._cached_partitions or len(self._partition_of) > _CACHE_USERS:
-            self._partition_of = {}
-            self._cached_partitions = partitions
-        cache = self._partition_of
-
-        def partition_of(user_id: str) -> int:
-            p = cache.get(user_id)
-            if p is None:
-                p = cache[user_id] = partition_for(user_id.encode(), partitions)
-            return p
-
-        return partition_of
 
     async def send_dlq(self, raw: bytes, reason: str, detail: str, source: str) -> None:
         """Dead-letter something that could not be accepted, keeping its bytes for a replay."""
@@ -198,6 +181,12 @@ def _quiet_probe() -> Iterator[None]:
         yield
     finally:
         sender_log.removeFilter(quiet)
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _partition(user_id: str, partitions: int) -> int:
+    """`partition_for`, remembered: murmur2 is pure Python, and active users come back often."""
+    return partition_for(user_id.encode(), partitions)
 
 
 async def _all_acked(futures: list[asyncio.Future[Any]]) -> None:

@@ -63,6 +63,9 @@ class StateStore(Protocol):
     async def set_schedule_mark(self, partition: int, journey: str, at: float) -> None:
         """Record that firings up to `at` were handed out."""
 
+    async def first_watermark(self, partition: int) -> float | None:
+        """The first event-time clock a partition had (where a replay's schedules start)."""
+
     async def watermarks(self, partitions: Sequence[int]) -> dict[int, float]:
         """Event-time clocks of partitions (event-time mode)."""
 
@@ -123,6 +126,7 @@ class RedisStore:
                 pipe.srem(keys.segment(p, name), *members)
         if write.watermark is not None:
             pipe.set(keys.watermark(p), repr(write.watermark))
+            pipe.set(keys.first_watermark(p), repr(write.watermark), nx=True)
         await pipe.execute()
 
     async def due(self, partition: int, now: float, limit: int, lease_until: float) -> list[str]:
@@ -153,6 +157,11 @@ class RedisStore:
         """Remember the firing."""
         await self.client.hset(keys.schedules(partition), journey, repr(at))
 
+    async def first_watermark(self, partition: int) -> float | None:
+        """The partition's first event-time clock."""
+        value = await self.client.get(keys.first_watermark(partition))
+        return float(value) if value is not None else None
+
     async def watermarks(self, partitions: Sequence[int]) -> dict[int, float]:
         """Event-time clocks, one round trip."""
         if not partitions:
@@ -173,6 +182,7 @@ class MemoryStore:
         self.segments: dict[tuple[int, str], set[str]] = defaultdict(set)
         self.marks: dict[tuple[int, str], float] = {}
         self.clocks: dict[int, float] = {}
+        self.first_clocks: dict[int, float] = {}
 
     async def load(self, users: Sequence[tuple[int, str]]) -> list[bytes | None]:
         """Documents in order."""
@@ -195,6 +205,7 @@ class MemoryStore:
                 self.segments[(p, name)].difference_update(members)
             if w.watermark is not None:
                 self.clocks[p] = w.watermark
+                self.first_clocks.setdefault(p, w.watermark)
 
     async def due(self, partition: int, now: float, limit: int, lease_until: float) -> list[str]:
         """Due users, leased."""
@@ -215,6 +226,10 @@ class MemoryStore:
     async def set_schedule_mark(self, partition: int, journey: str, at: float) -> None:
         """Record a firing."""
         self.marks[(partition, journey)] = at
+
+    async def first_watermark(self, partition: int) -> float | None:
+        """First clock."""
+        return self.first_clocks.get(partition)
 
     async def watermarks(self, partitions: Sequence[int]) -> dict[int, float]:
         """Clocks."""

@@ -480,10 +480,11 @@ def _field_type(model: type[BaseModel], key: Any) -> tuple[str, Any] | None:
         if key in (info.alias, name):
             tp: Any = info.annotation
             meta = list(info.metadata)
-            if info.discriminator is not None:
-                meta.append(Discriminator(info.discriminator))  # type: ignore[arg-type]
+            mark = info.discriminator
+            if mark is not None:
+                meta.append(mark if isinstance(mark, Discriminator) else Discriminator(mark))
             if meta:
-                tp = Annotated[(tp, *meta)]  # type: ignore[valid-type]
+                tp = Annotated[(tp, *meta)]
             return info.alias or name, tp
     return None
 
@@ -643,7 +644,11 @@ def _message(err: ErrorDetails) -> str:
     if kind in ("value_error", "assertion_error") and "error" in ctx:
         return str(ctx["error"])
     if kind in _TYPE_NAMES:
-        return f"expected {_TYPE_NAMES[kind]}, got {got}"
+        value = err.get("input")
+        hint = ""
+        if kind == "string_type" and isinstance(value, bool | int | float | date):
+            hint = " (YAML read it as a value; quote it to make it text)"
+        return f"expected {_TYPE_NAMES[kind]}, got {got}{hint}"
     if kind == "literal_error":
         return f"expected {ctx.get('expected', '?')}, got {got}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
@@ -681,6 +686,8 @@ def _show(value: Any) -> str:
         return str(int(value))
     if isinstance(value, int | float):
         return str(value)
+    if isinstance(value, date):
+        return value.isoformat()
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):

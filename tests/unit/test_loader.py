@@ -293,3 +293,15 @@ def test_missing_paths_and_non_rules_folders() -> None:
 def test_empty_file_is_a_problem() -> None:
     with pytest.raises(RulesError, match=r"e.yaml:1:1: empty file"):
         load_rules_text({"e.yaml": "# nothing here\n"})
+
+
+def test_scalars_yaml_typed_where_text_was_meant_get_a_quoting_hint() -> None:
+    text = "journey: x\nname: 2026-05-01\ntrigger: {event: yes}\nsteps: [{exit: }]\n"
+    with pytest.raises(RulesError) as info:
+        load_rules_text({"j.yaml": text})
+    assert [str(p) for p in info.value.problems] == [
+        "j.yaml:2:7: expected a string, got 2026-05-01 (YAML read it as a value; quote it to "
+        "make it text)",
+        "j.yaml:3:18: expected a string, got true (YAML read it as a value; quote it to make it "
+        "text)",
+    ]
