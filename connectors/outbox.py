@@ -113,9 +113,7 @@ class OutboxConnector:
         try:
             return await self._run(lambda: self._append(batch), inline=len(batch))
         except OSError as exc:
-            error = ConnectorError(f"outbox {self.path}: {exc}", retryable=True)
-            error.__cause__ = exc
-            return [error] * len(batch)
+            return [_failed(f"outbox {self.path}: {exc}", exc) for _ in batch]
 
     async def delivered(self, message_id: str) -> bool:
         """Exact: whether any process has already appended this id to the file."""
@@ -161,9 +159,8 @@ class OutboxConnector:
         except OSError as exc:
             # Leave no line behind whose send we report as failed.
             os.ftruncate(fd, self._pos)
-            error = ConnectorError(f"outbox write failed: {exc}", retryable=True)
-            error.__cause__ = exc
-            return [error if o is appended else o for o in outcomes]
+            message = f"outbox write failed: {exc}"
+            return [_failed(message, exc) if o is appended else o for o in outcomes]
         self._pos += len(buffer)
         self._ids |= fresh
         return outcomes
@@ -301,6 +298,13 @@ def _line(delivery: Delivery, sent_at: str) -> dict[str, str | None]:
         "variant": delivery.variant,
         "sent_at": sent_at,
     }
+
+
+def _failed(message: str, cause: OSError) -> ConnectorError:
+    # One instance per message: callers may raise them from different tasks.
+    error = ConnectorError(message, retryable=True)
+    error.__cause__ = cause
+    return error
 
 
 def _write_all(fd: int, data: bytes) -> None:

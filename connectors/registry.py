@@ -214,7 +214,9 @@ def build_connectors(
     for channel, (name, switch) in PROVIDER_CHANNELS.items():
         if getattr(settings, switch, None):
             channels[channel] = table.create(name, settings)
-    channels["webhook"] = table.create("webhook", settings)
+    if getattr(settings, "webhooks_live", False):
+        # Off by default: a dev box or CI run must never call the URLs a journey names.
+        channels["webhook"] = table.create("webhook", settings)
     for plugin in table.plugins:
         channels[plugin] = table.create(plugin, settings)
     return Connectors(channels, outbox)

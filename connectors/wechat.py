@@ -44,7 +44,7 @@ __all__ = ["DEFAULT_BASE_URL", "WeChatConnector"]
 
 DEFAULT_BASE_URL = "https://api.weixin.qq.com"
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})
-RETRYABLE_ERRORS = frozenset({-1, 45009, 45011, 45047})
+RETRYABLE_ERRORS = frozenset({-1, 45009, 45011})  # busy, daily quota, per-minute quota
 _REFRESH_MARGIN_S = 300.0
 
 

@@ -34,7 +34,7 @@ class Problem:
 
 
 class RulesError(HeraldError):
-    """Raised when rules cannot be loaded; every problem is kept so the user sees them all at once."""
+    """Raised when rules cannot be loaded; keeps every problem so the user sees them at once."""
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = sorted(problems, key=lambda p: (p.path, p.line, p.col, p.message))
@@ -56,7 +56,7 @@ class TemplateRenderError(HeraldError):
 
 
 class InvalidEvent(HeraldError):
-    """An event failed validation; `reason` is short and machine-countable, `detail` is for people."""
+    """An event failed validation; `reason` is short and countable, `detail` is for people."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason

@@ -13,6 +13,10 @@ Accepted forms
     Segment  {"type": "track"|"identify"|"page"|"screen"|"group"|"alias", "event"?,
              "userId"|"anonymousId", "messageId"?, "properties"?, "traits"?, "timestamp"?, ...};
              Segment's other fields (context, integrations, sentAt, ...) are accepted and ignored.
+             track -> type = its `event`; identify -> "identify" with traits (context.traits
+             merged under them); page/screen -> "page_view"/"screen_view" with `name` and
+             `category` added to properties; group/alias -> "group"/"alias". The user id is
+             `userId`, else `anonymousId`; `originalTimestamp` stands in for a missing timestamp.
 
 Wire format (a Kafka record value on `herald.events`)
     either one native event object (what any outside producer sends), or a packed record
@@ -22,6 +26,7 @@ Wire format (a Kafka record value on `herald.events`)
     malformed_json, not_an_object, unknown_field, missing_type, missing_user_id,
     bad_type (a field has the wrong JSON type; the detail names it), bad_value (right JSON
     type, unacceptable value: an over-long type name, an empty event_id), bad_timestamp.
+    (The HTTP API adds too_large and missing_batch for whole bodies.)
 """
 
 from __future__ import annotations

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     # newest event time it has seen, so a replay of historic events (and `herald demo`) runs
     # its timers at the events' own times, exactly like `herald simulate`.
     clock: Literal["wall", "event"] = "wall"
+    # Call the URLs of `webhook` steps for real. Off by default, so dev machines and CI never
+    # reach out to a CRM; webhook actions then land in the outbox like any unconfigured channel.
+    webhooks_live: bool = False
     # Secret signing unsubscribe links, and the public base URL they point at.
     unsubscribe_secret: str = "herald-dev-unsubscribe-secret"
     public_url: str = "http://127.0.0.1:8080"

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,6 +26,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from connectors.base import Connector, Delivery, Receipt
+from connectors.registry import Connectors
 from engine.errors import ConnectorError
 from workers import keys
 
@@ -73,18 +74,16 @@ class Dispatcher:
     def __init__(
         self,
         redis: aioredis.Redis,
-        connectors: Mapping[str, Connector],
-        fallback: Connector,
+        connectors: Connectors,
         retry: RetryPolicy | None = None,
     ) -> None:
         self.redis = redis
         self.connectors = connectors
-        self.fallback = fallback
         self.retry = retry or RetryPolicy()
 
     def connector_for(self, channel: str) -> Connector:
         """The channel's provider, or the outbox when none is configured (runtime.md)."""
-        return self.connectors.get(channel, self.fallback)
+        return self.connectors.connector_for(channel)
 
     async def dispatch(self, values: Sequence[bytes]) -> DispatchReport:
         """Deliver one batch of `herald.actions` record values."""

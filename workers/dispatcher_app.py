@@ -6,7 +6,6 @@ import asyncio
 import logging
 from typing import Any
 
-import faust
 import redis.asyncio as aioredis
 
 from connectors.registry import build_connectors
@@ -43,10 +42,10 @@ class DispatcherService:
             if self._started.is_set():
                 return
             await self.sink.start()
-            connectors, fallback = build_connectors(self.settings)
-            for connector in {id(c): c for c in [*connectors.values(), fallback]}.values():
-                await connector.start()
-            self.dispatcher = Dispatcher(self.redis, connectors, fallback)
+            connectors = build_connectors(self.settings)
+            await connectors.start()
+            log.info("channels: %s", connectors.describe())
+            self.dispatcher = Dispatcher(self.redis, connectors)
             self._runner, self.metrics_port = await serve_metrics(
                 self.telemetry, "127.0.0.1", self.settings.metrics_port
             )
@@ -55,10 +54,7 @@ class DispatcherService:
     async def stop(self) -> None:
         """Release everything."""
         if self.dispatcher is not None:
-            for connector in {
-                id(c): c for c in [*self.dispatcher.connectors.values(), self.dispatcher.fallback]
-            }.values():
-                await connector.close()
+            await self.dispatcher.connectors.close()
         if self._started.is_set():
             await self.sink.stop()
             if self._runner is not None:
@@ -88,24 +84,24 @@ class DispatcherService:
             self.telemetry.latency.observe(seconds)
 
 
-def create_dispatcher_app(settings: Settings, service: DispatcherService) -> faust.App:
+def create_dispatcher_app(settings: Settings, service: DispatcherService) -> Any:
     """The faust app of the dispatcher role."""
     app = make_faust_app(settings, role="dispatcher")
     topic = app.topic(
         ACTIONS, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
     )
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def _startup() -> None:
         await ensure_topics(kafka_bootstrap(settings), settings.partitions)
         await service.start()
 
-    @app.agent(topic)
+    @app.agent(topic)  # type: ignore[untyped-decorator]
     async def deliver(stream: Any) -> None:
         async for batch in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
             await service.handle([e.message.value for e in batch])
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def _shutdown(_app: Any, **_kwargs: Any) -> None:
         await service.stop()
 

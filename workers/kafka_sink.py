@@ -22,24 +22,28 @@ class KafkaSink:
     """The processor's and dispatcher's producer (implements `workers.processor.Sink`)."""
 
     def __init__(self, bootstrap: str, *, client_id: str) -> None:
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._producer: Any = None
+        self._partitions: dict[str, int] = {}
+
+    async def start(self) -> None:
+        """Connect (aiokafka objects must be made inside the running loop)."""
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
             acks="all",
             linger_ms=1,
             max_batch_size=1024 * 1024,
             max_request_size=4 * 1024 * 1024,
             request_timeout_ms=15_000,
         )
-        self._partitions: dict[str, int] = {}
-
-    async def start(self) -> None:
-        """Connect."""
         await self._producer.start()
 
     async def stop(self) -> None:
         """Flush and disconnect."""
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def partitions(self, topic: str) -> int:
         """Partition count of a topic (cached: it only changes by an operator's decision)."""

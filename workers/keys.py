@@ -25,6 +25,11 @@ def segment(partition: int, name: str) -> str:
     return f"{PREFIX}:{{{partition}}}:seg:{name}"
 
 
+def users(partition: int) -> str:
+    """Set of every user of a partition: schedule candidates for time-dependent segments."""
+    return f"{PREFIX}:{{{partition}}}:users"
+
+
 def schedules(partition: int) -> str:
     """Hash: schedule journey id -> last cron firing handed to this partition (epoch seconds)."""
     return f"{PREFIX}:{{{partition}}}:sched"

@@ -135,6 +135,8 @@ class BatchProcessor:
         self.sink = sink
         self.clock = clock
         self.watermarks: dict[int, float] = {}
+        # Clocks as of the last durable write: what timer and schedule loops may act on.
+        self.committed_watermarks: dict[int, float] = {}
 
     def reload(self, engine: Engine) -> None:
         """Swap in new rules between batches (the running engine keeps its last good rules)."""
@@ -146,7 +148,7 @@ class BatchProcessor:
         wall = self.clock.now()
         received = datetime.fromtimestamp(wall or time.time(), UTC)
         per_user: dict[tuple[int, str], list[Input]] = defaultdict(list)
-        clocks: dict[int, float] = {}
+        decoded: list[tuple[int, Input]] = []
         letters: list[DeadLetter] = []
         for record in records:
             for item in decode(record.value, record.offset, received):
@@ -161,13 +163,22 @@ class BatchProcessor:
                             record.offset,
                         )
                     )
-                elif item.kind == "clock":
-                    clocks[record.partition] = max(clocks.get(record.partition, 0.0), item.at)
                 else:
-                    per_user[(record.partition, item.user_id)].append(item)
-                    report.inputs += 1
+                    decoded.append((record.partition, item))
+        partitions = {p for p, _item in decoded}
+        # Each input's `now`, fixed in record order: in event time a partition's clock is the
+        # newest time among the records before it, whichever user they belong to.
+        nows: dict[tuple[int, int], float] = {}
         if self.clock.event_time:
-            await self._load_watermarks({p for p, _u in per_user} | set(clocks))
+            await self._load_watermarks(partitions)
+        first_clock: dict[int, float] = {}
+        for partition, item in decoded:
+            now = self._now_for(partition, item, wall)
+            first_clock.setdefault(partition, now)
+            if item.kind != "clock":
+                nows[(partition, item.seq)] = now
+                per_user[(partition, item.user_id)].append(item)
+                report.inputs += 1
         users = list(per_user)
         docs = await self.store.load(users)
         report.redis_ops += len(users)
@@ -182,23 +193,25 @@ class BatchProcessor:
                 user_id,
                 doc,
                 per_user[(partition, user_id)],
-                wall,
+                nows,
                 write,
                 actions,
                 letters,
                 report,
             )
         if self.clock.event_time:
-            for partition, at in clocks.items():
-                self.watermarks[partition] = max(self.watermarks.get(partition, 0.0), at)
-            for partition in {p for p, _u in users} | set(clocks):
+            for partition in partitions:
                 write = writes.setdefault(partition, PartitionWrite(partition))
                 write.watermark = self.watermarks.get(partition)
+                write.first_watermark = first_clock.get(partition)
         if actions:
             await self.sink.send_actions(actions)
         if letters:
             await self.sink.send_dead_letters(letters)
         await self.store.commit(list(writes.values()))
+        if self.clock.event_time:
+            for partition in partitions:
+                self.committed_watermarks[partition] = self.watermarks.get(partition, 0.0)
         report.redis_ops += sum(w.op_count() for w in writes.values())
         report.actions = len(actions)
         report.dead_letters = len(letters)
@@ -207,7 +220,10 @@ class BatchProcessor:
     async def _load_watermarks(self, partitions: set[int]) -> None:
         missing = [p for p in partitions if p not in self.watermarks]
         if missing:
-            self.watermarks.update(await self.store.watermarks(missing))
+            stored = await self.store.watermarks(missing)
+            self.watermarks.update(stored)
+            for p, at in stored.items():
+                self.committed_watermarks.setdefault(p, at)
 
     def _now_for(self, partition: int, item: Input, wall: float) -> float:
         if not self.clock.event_time:
@@ -226,7 +242,7 @@ class BatchProcessor:
         user_id: str,
         doc: bytes | None,
         inputs: list[Input],
-        wall: float,
+        nows: dict[tuple[int, int], float],
         write: PartitionWrite,
         actions: list[tuple[str, int, bytes]],
         letters: list[DeadLetter],
@@ -242,17 +258,17 @@ class BatchProcessor:
                 for item in inputs:
                     if item.seq <= state.offset or item.seq in failed:
                         continue
-                    now = datetime.fromtimestamp(self._now_for(partition, item, wall), UTC)
+                    now = datetime.fromtimestamp(nows[(partition, item.seq)], UTC)
                     current = item
                     outcome = self._apply(state, item, now)
                     state = outcome.state
                     state.offset = item.seq
                     outcomes.append((item, outcome))
-            except Exception as exc:  # one user's bad input must not stop the partition
+            except Exception as error:  # one user's bad input must not stop the partition
                 # Start the user over from the stored document without the failing input:
                 # the core is deterministic, so the inputs before it give the same result.
                 log.exception("input failed for a user in partition %d", partition)
-                failed[current.seq] = exc
+                failed[current.seq] = error
                 continue
             break
         for seq, exc in failed.items():
@@ -279,6 +295,8 @@ class BatchProcessor:
                 report.events += 1
                 report.events_by_type[item.event.type] += 1
             self._collect(outcome, partition, actions, report)
+        if loaded is None:
+            write.new_users.append(user_id)
         write.docs[user_id] = orjson.dumps(state.to_doc())
         if ticked or state.wake_at != old_wake:
             write.wakes[user_id] = state.wake_at

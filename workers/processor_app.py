@@ -15,7 +15,6 @@ import logging
 import time
 from typing import Any
 
-import faust
 
 from engine.runtime.core import EngineOptions
 from engine.runtime.steps import utc
@@ -99,7 +98,7 @@ class ProcessorService:
     def now_for(self, partition: int) -> float:
         """The clock timers compare against (event time per partition, or the wall clock)."""
         if self.clock.event_time:
-            return self.processor.watermarks.get(partition, 0.0)
+            return self.processor.committed_watermarks.get(partition, 0.0)
         return time.time()
 
     async def fire_timers(self, partitions: list[int]) -> None:
@@ -127,22 +126,36 @@ class ProcessorService:
         engine = self.processor.engine
         for program in engine.schedules:
             jid = program.journey.journey
-            segment: str = program.journey.trigger.segment  # type: ignore[union-attr]
+            segment = str(program.journey.trigger.segment)  # type: ignore[union-attr]
             for p in partitions:
                 now = self.now_for(p)
                 if now <= 0:
                     continue
                 mark = await self.store.schedule_mark(p, jid)
                 if mark is None and self.clock.event_time:
-                    # A replay's schedules start where its clock started (as in simulate).
+                    # A replay's schedules start where its clock started (as in simulate);
+                    # until that first clock is committed there is nothing to fire.
                     mark = await self.store.first_watermark(p)
+                    if mark is None:
+                        continue
                 if mark is None:
                     # A new schedule starts from now: it never replays past firings.
                     await self.store.set_schedule_mark(p, jid, now)
                     continue
                 for fire in engine.schedule_times(jid, utc(mark), utc(now)):
-                    users = await self.store.segment_members(p, segment)
+                    if engine.segment_reads_time(segment):
+                        # Time alone can move users into it: every user is a candidate.
+                        users = await self.store.all_users(p)
+                    else:
+                        users = await self.store.segment_members(p, segment)
                     at = fire.timestamp()
+                    log.info(
+                        "schedule %s fires %s on partition %d for %d users",
+                        jid,
+                        fire.isoformat(),
+                        p,
+                        len(users),
+                    )
                     for i in range(0, len(users), TICK_CHUNK):
                         value = control(
                             "schedule", at, journey=jid, users=users[i : i + TICK_CHUNK]
@@ -160,7 +173,7 @@ class ProcessorService:
             self.watcher.last_error = None
 
 
-def owned_partitions(app: faust.App, topic: str) -> list[int]:
+def owned_partitions(app: Any, topic: str) -> list[int]:
     """Partitions of `topic` assigned to this worker right now."""
     try:
         assignment = app.consumer.assignment()
@@ -169,7 +182,7 @@ def owned_partitions(app: faust.App, topic: str) -> list[int]:
     return sorted(tp.partition for tp in assignment if tp.topic == topic)
 
 
-def create_processor_app(settings: Settings, service: ProcessorService) -> faust.App:
+def create_processor_app(settings: Settings, service: ProcessorService) -> Any:
     """The faust app of the processor role."""
     app = make_faust_app(settings, role="processor")
     topic = app.topic(
@@ -179,12 +192,12 @@ def create_processor_app(settings: Settings, service: ProcessorService) -> faust
         partitions=settings.partitions,
     )
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def _startup() -> None:
         await ensure_topics(kafka_bootstrap(settings), settings.partitions)
         await service.start()
 
-    @app.agent(topic)
+    @app.agent(topic)  # type: ignore[untyped-decorator]
     async def process(stream: Any) -> None:
         async for batch in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
             records = [
@@ -192,19 +205,19 @@ def create_processor_app(settings: Settings, service: ProcessorService) -> faust
             ]
             await service.handle(records)
 
-    @app.timer(interval=0.1)
+    @app.timer(interval=0.1)  # type: ignore[untyped-decorator]
     async def _timers() -> None:
         await service.fire_timers(owned_partitions(app, EVENTS))
 
-    @app.timer(interval=1.0)
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def _schedules() -> None:
         await service.fire_schedules(owned_partitions(app, EVENTS))
 
-    @app.timer(interval=2.0)
+    @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def _rules() -> None:
         service.reload()
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def _shutdown(_app: Any, **_kwargs: Any) -> None:
         await service.stop()
 

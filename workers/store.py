@@ -28,7 +28,9 @@ class PartitionWrite:
     wakes: dict[str, float | None] = field(default_factory=dict)
     segments_added: dict[str, list[str]] = field(default_factory=dict)
     segments_removed: dict[str, list[str]] = field(default_factory=dict)
+    new_users: list[str] = field(default_factory=list)
     watermark: float | None = None
+    first_watermark: float | None = None
 
     def op_count(self) -> int:
         """Key-level operations this write costs (reported by the benchmark)."""
@@ -37,6 +39,7 @@ class PartitionWrite:
             + len(self.wakes)
             + sum(len(v) for v in self.segments_added.values())
             + sum(len(v) for v in self.segments_removed.values())
+            + len(self.new_users)
             + (1 if self.watermark is not None else 0)
         )
 
@@ -56,6 +59,9 @@ class StateStore(Protocol):
 
     async def segment_members(self, partition: int, segment: str) -> list[str]:
         """Current members of a segment in one partition."""
+
+    async def all_users(self, partition: int) -> list[str]:
+        """Every user of one partition."""
 
     async def schedule_mark(self, partition: int, journey: str) -> float | None:
         """The last schedule firing handed to this partition."""
@@ -124,9 +130,12 @@ class RedisStore:
         for name, members in write.segments_removed.items():
             if members:
                 pipe.srem(keys.segment(p, name), *members)
+        if write.new_users:
+            pipe.sadd(keys.users(p), *write.new_users)
         if write.watermark is not None:
             pipe.set(keys.watermark(p), repr(write.watermark))
-            pipe.set(keys.first_watermark(p), repr(write.watermark), nx=True)
+            first = write.first_watermark if write.first_watermark is not None else write.watermark
+            pipe.set(keys.first_watermark(p), repr(first), nx=True)
         await pipe.execute()
 
     async def due(self, partition: int, now: float, limit: int, lease_until: float) -> list[str]:
@@ -143,8 +152,15 @@ class RedisStore:
 
     async def segment_members(self, partition: int, segment: str) -> list[str]:
         """SSCAN so a large segment never blocks Redis."""
+        return await self._scan(keys.segment(partition, segment))
+
+    async def all_users(self, partition: int) -> list[str]:
+        """SSCAN of the partition's user set."""
+        return await self._scan(keys.users(partition))
+
+    async def _scan(self, key: str) -> list[str]:
         members: list[str] = []
-        async for member in self.client.sscan_iter(keys.segment(partition, segment), count=1000):
+        async for member in self.client.sscan_iter(key, count=1000):
             members.append(member.decode() if isinstance(member, bytes) else member)
         return sorted(members)
 
@@ -183,6 +199,7 @@ class MemoryStore:
         self.marks: dict[tuple[int, str], float] = {}
         self.clocks: dict[int, float] = {}
         self.first_clocks: dict[int, float] = {}
+        self.users: dict[int, set[str]] = defaultdict(set)
 
     async def load(self, users: Sequence[tuple[int, str]]) -> list[bytes | None]:
         """Documents in order."""
@@ -199,13 +216,15 @@ class MemoryStore:
                     self.timers[p].pop(user, None)
                 else:
                     self.timers[p][user] = wake
+            self.users[p].update(w.new_users)
             for name, members in w.segments_added.items():
                 self.segments[(p, name)].update(members)
             for name, members in w.segments_removed.items():
                 self.segments[(p, name)].difference_update(members)
             if w.watermark is not None:
                 self.clocks[p] = w.watermark
-                self.first_clocks.setdefault(p, w.watermark)
+                first = w.first_watermark if w.first_watermark is not None else w.watermark
+                self.first_clocks.setdefault(p, first)
 
     async def due(self, partition: int, now: float, limit: int, lease_until: float) -> list[str]:
         """Due users, leased."""
@@ -218,6 +237,10 @@ class MemoryStore:
     async def segment_members(self, partition: int, segment: str) -> list[str]:
         """Members, sorted."""
         return sorted(self.segments[(partition, segment)])
+
+    async def all_users(self, partition: int) -> list[str]:
+        """Users, sorted."""
+        return sorted(self.users[partition])
 
     async def schedule_mark(self, partition: int, journey: str) -> float | None:
         """Last firing."""

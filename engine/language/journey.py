@@ -31,8 +31,10 @@ def _reentry(value: Any) -> Reentry:
     if isinstance(value, Reentry):
         return value
     text = value.strip() if isinstance(value, str) else value
-    if text in ("never", "always"):
-        return Reentry(text)
+    if text == "never":
+        return Reentry("never")
+    if text == "always":
+        return Reentry("always")
     match = _AFTER.match(text) if isinstance(text, str) else None
     if match:
         return Reentry("after", parse_duration(match.group(1)))

@@ -23,7 +23,7 @@ from typing import Any
 from engine.events import Event
 from engine.language.rules import RuleSet
 from engine.localtime import next_cron, zone
-from engine.runtime.deps import profile_dependencies
+from engine.runtime.deps import ALL, profile_dependencies
 from engine.runtime.effects import Count, Effect, Emitted, Failure, Outcome, Trace, iso
 from engine.runtime.ids import firing_entry_id
 from engine.runtime.metrics import CompiledMetric
@@ -255,6 +255,10 @@ class Engine:
         due = self.next_due(turn.state)
         turn.state.wake_at = due[0] if due else None
         return Outcome(turn.state, turn.effects)
+
+    def segment_reads_time(self, name: str) -> bool:
+        """Whether a segment's membership can change with time alone (it reads the clock)."""
+        return any(n == name and ALL in deps for n, _c, deps in self.segments)
 
     def user_zone_name(self, state: UserState, program: Program) -> str:
         """The zone a user's local times are read in (for tools that explain a decision)."""

@@ -79,12 +79,12 @@ def _compile_list(
         elif isinstance(step, SplitStep):
             total = sum(arm.weight for arm in step.split)
             cumulative = 0.0
-            for arm in step.split:
-                cumulative += arm.weight / total
+            for split_arm in step.split:
+                cumulative += split_arm.weight / total
                 first = _compile_list(
-                    arm.steps, f"{node_id}.split.{arm.name}.steps", next_id, nodes
+                    split_arm.steps, f"{node_id}.split.{split_arm.name}.steps", next_id, nodes
                 )
-                node.split.append((arm.name, cumulative, first))
+                node.split.append((split_arm.name, cumulative, first))
         elif kind == "wait_for" and step.wait_for.when:  # type: ignore[union-attr]
             node.when = compile_condition(step.wait_for.when)  # type: ignore[union-attr]
         nodes[node_id] = node

@@ -379,7 +379,7 @@ class StepRunner:
             if outcome is EXIT:
                 self.end_run(turn, run, at, "exit_step")
                 return
-            target = node.next if outcome is NEXT else outcome.step  # type: ignore[union-attr]
+            target = outcome.step if isinstance(outcome, Jump) else node.next
             if target is None:
                 self.end_run(turn, run, at, "completed")
                 return

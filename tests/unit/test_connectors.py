@@ -355,10 +355,14 @@ def test_registry_channels_follow_settings(tmp_path: Path) -> None:
     table = ConnectorFactories(discover=lambda group: [])
     bare = build_connectors(settings(outbox=tmp_path / "o.jsonl"), factories=table)
     assert isinstance(bare, Connectors)
-    assert bare.describe() == {"webhook": "webhook", "*": "outbox"}
+    assert bare.describe() == {"*": "outbox"}
     assert bare.connector_for("email") is bare.outbox is bare.connector_for("pigeon")
+    assert bare.connector_for("webhook") is bare.outbox  # never call real URLs unless told
     assert isinstance(bare.outbox, OutboxConnector) and bare.outbox.path == tmp_path / "o.jsonl"
-    assert isinstance(bare["webhook"], WebhookConnector)
+    live = build_connectors(
+        settings(outbox=tmp_path / "o.jsonl", webhooks_live=True), factories=table
+    )
+    assert isinstance(live["webhook"], WebhookConnector)
 
     full = build_connectors(
         settings(
@@ -370,6 +374,7 @@ def test_registry_channels_follow_settings(tmp_path: Path) -> None:
             twilio_from="+15550000000",
             wechat_app_id="wx1",
             wechat_app_secret="s",
+            webhooks_live=True,
         ),
         factories=table,
     )
@@ -431,9 +436,9 @@ async def test_connectors_start_and_close_every_distinct_connector(tmp_path: Pat
 @pytest.mark.parametrize(
     "module",
     [
-        "connectors.base", "connectors.errors", "connectors.fake", "connectors.outbox",
-        "connectors.registry", "connectors.webhook", "connectors.sendgrid", "connectors.twilio",
-        "connectors.wechat",
+        "connectors", "connectors.base", "connectors.errors", "connectors.fake",
+        "connectors.outbox", "connectors.registry", "connectors.webhook", "connectors.sendgrid",
+        "connectors.twilio", "connectors.wechat",
     ],
 )
 def test_exported_members_exist(module: str) -> None:
