@@ -48,7 +48,15 @@ __all__ = ["DEFAULT_PATH", "OUTBOX_FIELDS", "OutboxConnector"]
 
 DEFAULT_PATH = Path(".herald/outbox.jsonl")
 OUTBOX_FIELDS = (
-    "message_id", "user_id", "journey", "step", "channel", "to", "subject", "body", "variant",
+    "message_id",
+    "user_id",
+    "journey",
+    "step",
+    "channel",
+    "to",
+    "subject",
+    "body",
+    "variant",
     "sent_at",
 )
 _READ_CHUNK = 4 * 1024 * 1024

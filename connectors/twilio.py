@@ -84,9 +84,7 @@ class TwilioConnector:
             return
         # Built here, not in __init__: the transport opens an aiohttp session on this loop.
         self._http = AsyncTwilioHttpClient(timeout=self.timeout)
-        client = Client(
-            self.account_sid, self._auth_token, http_client=self._http, environment={}
-        )
+        client = Client(self.account_sid, self._auth_token, http_client=self._http, environment={})
         if self.base_url:
             client.api.base_url = self.base_url
         self._client = client

@@ -122,8 +122,15 @@ def _as_moment(dt: _datetime) -> Moment:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return Moment(
-        dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.microsecond,
-        dt.tzinfo, fold=dt.fold,
+        dt.year,
+        dt.month,
+        dt.day,
+        dt.hour,
+        dt.minute,
+        dt.second,
+        dt.microsecond,
+        dt.tzinfo,
+        fold=dt.fold,
     )
 
 
@@ -270,9 +277,7 @@ def _slow_context(parent: Any) -> Context:
 # If a future Jinja adds state to Context, fall back to the regular constructor rather than
 # run conditions against a half-initialised object.
 _new_context: Callable[[Any], Context] = (
-    _FastContext
-    if set(vars(_FastContext({}))) == set(vars(_slow_context({})))
-    else _slow_context
+    _FastContext if set(vars(_FastContext({}))) == set(vars(_slow_context({}))) else _slow_context
 )
 
 
@@ -470,8 +475,10 @@ def _check(source: str, expr: nodes.Expr) -> None:
     for node in itertools.chain([expr], expr.find_all(kinds)):
         if isinstance(node, nodes.Name) and node.name not in CONDITION_NAMES:
             close = difflib.get_close_matches(node.name, sorted(CONDITION_NAMES), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else (
-                f"; available: {', '.join(sorted(CONDITION_NAMES))}"
+            hint = (
+                f"; did you mean '{close[0]}'?"
+                if close
+                else (f"; available: {', '.join(sorted(CONDITION_NAMES))}")
             )
             line, col = _locate(source, _find(source, node.name, attribute=False))
             raise ExpressionError(f"unknown name '{node.name}'{hint}", line, col)

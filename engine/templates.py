@@ -247,8 +247,12 @@ def _compile_inline(subject: str | None, body: str, origin: str) -> CompiledTemp
             raise ExpressionError(f"in subject: {exc.message}", exc.line, exc.col) from None
     body_part = _compile_part(body, f"{origin} body", 1)
     return CompiledTemplate(
-        name=origin, channel=None, locale=None, origin=origin,
-        subject=subject_part, body=body_part,
+        name=origin,
+        channel=None,
+        locale=None,
+        origin=origin,
+        subject=subject_part,
+        body=body_part,
     )
 
 
@@ -301,19 +305,30 @@ class TemplateStore:
         where = str(path)
         match = _FILE_NAME.fullmatch(path.name)
         if match is None:
-            self.problems.append(Problem(where, 1, 1, (
-                "template file names are NAME.CHANNEL.j2 or NAME.CHANNEL.LOCALE.j2, "
-                "e.g. cart_reminder.email.j2 or cart_reminder.email.zh-CN.j2"
-            )))
+            self.problems.append(
+                Problem(
+                    where,
+                    1,
+                    1,
+                    (
+                        "template file names are NAME.CHANNEL.j2 or NAME.CHANNEL.LOCALE.j2, "
+                        "e.g. cart_reminder.email.j2 or cart_reminder.email.zh-CN.j2"
+                    ),
+                )
+            )
             return
         name, channel, locale = match["name"], match["channel"], match["locale"]
         key = _locale_key(locale) if locale else ""
         variants = self._templates.setdefault((name, channel), {})
         if key in variants:
-            self.problems.append(Problem(
-                where, 1, 1, f"duplicate template: same name, channel and locale as "
-                f"{variants[key].origin}",
-            ))
+            self.problems.append(
+                Problem(
+                    where,
+                    1,
+                    1,
+                    f"duplicate template: same name, channel and locale as {variants[key].origin}",
+                )
+            )
             return
         try:
             text = path.read_bytes().decode("utf-8-sig")
@@ -379,8 +394,12 @@ def _compile_file(
     except ExpressionError as exc:
         raise _FileError(exc.message, exc.line + body_line - 1) from None
     return CompiledTemplate(
-        name=name, channel=channel, locale=locale, origin=where,
-        subject=subject_part, body=body_part,
+        name=name,
+        channel=channel,
+        locale=locale,
+        origin=where,
+        subject=subject_part,
+        body=body_part,
     )
 
 

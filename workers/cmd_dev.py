@@ -122,11 +122,23 @@ def run_demo(args: argparse.Namespace) -> int:
         supervisor = Supervisor(env)
         supervisor.start()
         try:
-            print(f"herald demo: {len(events)} events, {len(profiles)} profiles, "
-                  f"{len(expected)} messages expected (from herald simulate)")
+            print(
+                f"herald demo: {len(events)} events, {len(profiles)} profiles, "
+                f"{len(expected)} messages expected (from herald simulate)"
+            )
             got = asyncio.run(
-                _feed_and_watch(broker.bootstrap, api_port, partitions, profiles, events,
-                                start.timestamp(), until, outbox, len(expected), supervisor)
+                _feed_and_watch(
+                    broker.bootstrap,
+                    api_port,
+                    partitions,
+                    profiles,
+                    events,
+                    start.timestamp(),
+                    until,
+                    outbox,
+                    len(expected),
+                    supervisor,
+                )
             )
         finally:
             supervisor.stop()
@@ -206,8 +218,10 @@ async def _tail(outbox: Path, expected: int, supervisor: Supervisor) -> list[dic
                 lines.append(line)
                 quiet_since = time.monotonic()
                 head = (line.get("subject") or line.get("body") or "").splitlines()[0][:60]
-                print(f"  {line['sent_at'][11:19]} {line['user_id']:>4} {line['journey']:<28} "
-                      f"{line['channel']:<8} {head}")
+                print(
+                    f"  {line['sent_at'][11:19]} {line['user_id']:>4} {line['journey']:<28} "
+                    f"{line['channel']:<8} {head}"
+                )
         if len(lines) >= expected and time.monotonic() - quiet_since > 1.0:
             break
         if supervisor.poll() is not None:
@@ -227,8 +241,10 @@ def _summary(expected: list[dict[str, Any]], got: list[dict[str, Any]], seconds:
     duplicates = sum(n - 1 for n in have.values() if n > 1)
     missing = len(want - set(have))
     extra = len(set(have) - want)
-    print(f"  messages: {len(got)} in the outbox, {len(want)} from simulate; "
-          f"missing {missing}, unexpected {extra}, duplicates {duplicates}; {seconds:.1f} s")
+    print(
+        f"  messages: {len(got)} in the outbox, {len(want)} from simulate; "
+        f"missing {missing}, unexpected {extra}, duplicates {duplicates}; {seconds:.1f} s"
+    )
     ok = missing == 0 and extra == 0 and duplicates == 0
     print("  pipeline and simulate agree" if ok else "  MISMATCH between pipeline and simulate")
     return 0 if ok else 1

@@ -148,23 +148,7 @@ class BatchProcessor:
         wall = self.clock.now()
         received = datetime.fromtimestamp(wall or time.time(), UTC)
         per_user: dict[tuple[int, str], list[Input]] = defaultdict(list)
-        decoded: list[tuple[int, Input]] = []
-        letters: list[DeadLetter] = []
-        for record in records:
-            for item in decode(record.value, record.offset, received):
-                if isinstance(item, Rejected):
-                    letters.append(
-                        DeadLetter(
-                            item.reason,
-                            item.detail,
-                            item.raw,
-                            "herald.events",
-                            record.partition,
-                            record.offset,
-                        )
-                    )
-                else:
-                    decoded.append((record.partition, item))
+        decoded, letters = self._decode(records, received)
         partitions = {p for p, _item in decoded}
         # Each input's `now`, fixed in record order: in event time a partition's clock is the
         # newest time among the records before it, whichever user they belong to.
@@ -216,6 +200,30 @@ class BatchProcessor:
         report.actions = len(actions)
         report.dead_letters = len(letters)
         return report
+
+    @staticmethod
+    def _decode(
+        records: Sequence[Record], received: datetime
+    ) -> tuple[list[tuple[int, Input]], list[DeadLetter]]:
+        """Inputs in record order, and dead letters for what cannot be read."""
+        decoded: list[tuple[int, Input]] = []
+        letters: list[DeadLetter] = []
+        for record in records:
+            for item in decode(record.value, record.offset, received):
+                if isinstance(item, Rejected):
+                    letters.append(
+                        DeadLetter(
+                            item.reason,
+                            item.detail,
+                            item.raw,
+                            "herald.events",
+                            record.partition,
+                            record.offset,
+                        )
+                    )
+                else:
+                    decoded.append((record.partition, item))
+        return decoded, letters
 
     async def _load_watermarks(self, partitions: set[int]) -> None:
         missing = [p for p in partitions if p not in self.watermarks]

@@ -15,7 +15,6 @@ import logging
 import time
 from typing import Any
 
-
 from engine.runtime.core import EngineOptions
 from engine.runtime.steps import utc
 from workers import keys

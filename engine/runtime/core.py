@@ -92,9 +92,16 @@ class Engine:
 
     # ------------------------------------------------------------------ inputs
 
+    def _begin(self, state: UserState, now: datetime) -> Turn:
+        turn = Turn(self, state, now.timestamp())
+        if self.dated and self.steps.dates_stale(state):
+            # A date journey was added or changed since this user's firings were computed.
+            self.steps.sync_dates(turn, turn.now)
+        return turn
+
     def handle_event(self, state: UserState, event: Event, now: datetime) -> Outcome:
         """Apply one event arriving at `now`."""
-        turn = Turn(self, state, now.timestamp())
+        turn = self._begin(state, now)
         if not state.remember_event(event.event_id):
             turn.count("herald_events_duplicate_total")
             return self._finish(turn)
@@ -107,7 +114,7 @@ class Engine:
 
     def handle_tick(self, state: UserState, now: datetime) -> Outcome:
         """Fire everything of this user that is due at or before `now`."""
-        turn = Turn(self, state, now.timestamp())
+        turn = self._begin(state, now)
         self._advance(turn, turn.now, inclusive=True)
         return self._finish(turn)
 
@@ -115,7 +122,7 @@ class Engine:
         self, state: UserState, journey_id: str, fire_at: datetime, now: datetime
     ) -> Outcome:
         """A schedule journey's cron time came: a member of its segment may start a run."""
-        turn = Turn(self, state, now.timestamp())
+        turn = self._begin(state, now)
         at = fire_at.timestamp()
         self._advance(turn, at, inclusive=False)
         program = self.programs.get(journey_id)
@@ -130,7 +137,7 @@ class Engine:
 
     def handle_profile(self, state: UserState, traits: dict[str, Any], now: datetime) -> Outcome:
         """Load profile traits (an import, not activity): segments and date triggers follow."""
-        turn = Turn(self, state, now.timestamp())
+        turn = self._begin(state, now)
         self._advance(turn, turn.now, inclusive=False)
         changed = self.steps.merge_traits(turn, traits)
         if changed:
@@ -163,11 +170,13 @@ class Engine:
                 changed.add(f"metrics.{metric.name}")
         if not event.emitted and not event.type.startswith("message."):
             self._note_activity(turn, event.type, at)
-        if changed:
-            self.steps.profile_changed(turn, at, changed)
+        # Runs and goals that existed before this event see it first; runs the event itself
+        # starts (through a segment edge or its trigger) must not count it as their own goal.
         for run in list(state.runs.values()):
             self.steps.on_event(turn, run, event, at)
         self._check_goals(turn, event, at)
+        if changed:
+            self.steps.profile_changed(turn, at, changed)
         for program in self.by_event.get(event.type, ()):
             if program.trigger_when is not None and not turn.check(
                 program.trigger_when, at, event=event, journey={"id": program.journey.journey}
@@ -190,10 +199,12 @@ class Engine:
     def _check_goals(self, turn: Turn, event: Event, at: float) -> None:
         state = turn.state
         for jid in list(state.goals):
-            deadline, variant = state.goals[jid]
+            deadline, variant, *rest = state.goals[jid]
             if at > deadline:
                 del state.goals[jid]
                 continue
+            if rest and at < rest[0]:
+                continue  # a late event from before the entry is not this run's conversion
             program = self.programs.get(jid)
             goal = program.journey.goal if program else None
             if goal is None or program is None or goal.event != event.type:

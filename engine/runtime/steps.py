@@ -222,7 +222,7 @@ class StepRunner:
             jid = program.journey.journey
             spec = program.journey.trigger.date  # type: ignore[union-attr]
             tz = user_zone(state, program)
-            key = f"{state.profile.get(spec.attribute)!r}|{tz}"
+            key = f"{_date_signature(program)}|{state.profile.get(spec.attribute)!r}|{tz}"
             current = state.dates.get(jid)
             if current is not None and current[1] == key:
                 continue
@@ -230,6 +230,14 @@ class StepRunner:
                 state.profile.get(spec.attribute), spec.offset, spec.at, tz, utc(at)
             )
             state.dates[jid] = [when.timestamp() if when else None, key]
+
+    def dates_stale(self, state: UserState) -> bool:
+        """Whether a date journey is new or changed since this user's firings were computed."""
+        for program in self.engine.dated:
+            entry = state.dates.get(program.journey.journey)
+            if entry is None or not entry[1].startswith(_date_signature(program) + "|"):
+                return True
+        return False
 
     def fire_date(self, turn: Turn, jid: str, at: float) -> None:
         """A date trigger is due: start the run and arm next year's firing."""
@@ -296,7 +304,7 @@ class StepRunner:
         )
         state.runs[jid] = run
         if journey.goal is not None:
-            state.goals[jid] = [at + journey.goal.within.total_seconds(), None]
+            state.goals[jid] = [at + journey.goal.within.total_seconds(), None, at]
         turn.count("herald_journey_entries_total", journey=jid)
         turn.trace(at, jid, program.first, f"entered ({entry_id})")
         self.execute(turn, program, run, at)
@@ -314,6 +322,8 @@ class StepRunner:
         program = self.engine.programs.get(run.journey)
         if program is None or turn.state.runs.get(run.journey) is not run:
             return
+        if at < run.entered_at:
+            return  # a late event from before the run began cannot exit or resume it
         jctx = _journey_ctx(program, run)
         for condition in program.exit_on.get(event.type, ()):
             if condition is None or turn.check(condition, at, event=event, journey=jctx):
@@ -653,6 +663,11 @@ class StepRunner:
 
 
 _MISSING = object()
+
+
+def _date_signature(program: Program) -> str:
+    """What a date journey's firings depend on besides the profile: its version."""
+    return program.version
 NEXT = object()
 BLOCK = object()
 EXIT = object()

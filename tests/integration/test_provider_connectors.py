@@ -70,8 +70,13 @@ EMULATOR = web.AppKey("emulator", Emulator)
 async def _answer(request: web.Request) -> web.Response:
     emulator = request.app[EMULATOR]
     emulator.seen.append(
-        Seen(request.method, request.path, dict(request.query), dict(request.headers),
-             await request.read())
+        Seen(
+            request.method,
+            request.path,
+            dict(request.query),
+            dict(request.headers),
+            await request.read(),
+        )
     )
     queue = emulator.scripts.get(request.path)
     answer = queue.pop(0) if queue else emulator.defaults.get(request.path)
@@ -107,11 +112,25 @@ def free_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def delivery(channel: str, to: str, *, subject: str | None = "Hi", body: str = "Hello Ada",
-             meta: dict[str, Any] | None = None) -> Delivery:
+def delivery(
+    channel: str,
+    to: str,
+    *,
+    subject: str | None = "Hi",
+    body: str = "Hello Ada",
+    meta: dict[str, Any] | None = None,
+) -> Delivery:
     return Delivery(
-        message_id="msg-42", user_id="u-7", journey="welcome", step="steps.0", channel=channel,
-        to=to, subject=subject, body=body, variant="A", meta=meta or {},
+        message_id="msg-42",
+        user_id="u-7",
+        journey="welcome",
+        step="steps.0",
+        channel=channel,
+        to=to,
+        subject=subject,
+        body=body,
+        variant="A",
+        meta=meta or {},
     )
 
 
@@ -245,10 +264,24 @@ async def test_twilio_errors(
 async def test_twilio_problem_details_errors(emulator: Emulator, twilio: TwilioConnector) -> None:
     emulator.script(
         TW_PATH,
-        Answer(429, {"type": "https://www.twilio.com/docs/errors/20429", "title": "Too many",
-                     "status": 429, "code": 20429}),
-        Answer(422, {"type": "https://www.twilio.com/docs/errors/21211", "title": "Bad To",
-                     "status": 422, "code": 21211}),
+        Answer(
+            429,
+            {
+                "type": "https://www.twilio.com/docs/errors/20429",
+                "title": "Too many",
+                "status": 429,
+                "code": 20429,
+            },
+        ),
+        Answer(
+            422,
+            {
+                "type": "https://www.twilio.com/docs/errors/21211",
+                "title": "Bad To",
+                "status": 422,
+                "code": 21211,
+            },
+        ),
     )
     for retryable in (True, False):
         with pytest.raises(ConnectorError) as caught:
@@ -291,8 +324,11 @@ async def test_wechat_template_message_with_a_cached_token(
     await wechat.send(delivery("wechat", "openid-2", subject=None))
     assert receipt.provider_id == "200228332"
     [token] = emulator.on(TOKEN)  # fetched once, then cached
-    assert token.query == {"grant_type": "client_credential", "appid": "wx-app",
-                           "secret": "wx-secret"}
+    assert token.query == {
+        "grant_type": "client_credential",
+        "appid": "wx-app",
+        "secret": "wx-secret",
+    }
     first, second = emulator.on(TEMPLATE)
     assert first.query == {"access_token": "tok-1"}
     assert first.json() == {
@@ -329,7 +365,9 @@ async def test_wechat_without_template_sends_a_text_message(emulator: Emulator) 
     finally:
         await connector.close()
     assert emulator.on(CUSTOM)[0].json() == {
-        "touser": "openid-1", "msgtype": "text", "text": {"content": "Hello Ada"}
+        "touser": "openid-1",
+        "msgtype": "text",
+        "text": {"content": "Hello Ada"},
     }
 
 

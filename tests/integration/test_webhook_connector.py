@@ -127,8 +127,15 @@ async def test_user_content_type_is_kept(receiver: Receiver, connector: WebhookC
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [("500", True), ("503", True), ("429", True), ("408", True), ("400", False),
-     ("404", False), ("410", False)],
+    [
+        ("500", True),
+        ("503", True),
+        ("429", True),
+        ("408", True),
+        ("400", False),
+        ("404", False),
+        ("410", False),
+    ],
 )
 async def test_error_statuses(
     receiver: Receiver, connector: WebhookConnector, status: str, retryable: bool

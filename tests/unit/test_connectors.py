@@ -37,7 +37,7 @@ def action(i: int | str, **extra: Any) -> dict[str, Any]:
         "channel": "email",
         "to": f"u{i}@example.com",
         "subject": "Your cart",
-        "body": "Hello ✓ \"quoted\"\nsecond line",
+        "body": 'Hello ✓ "quoted"\nsecond line',
         "variant": None,
         "at": "2026-05-01T10:30:00+00:00",
         "entry_id": "e1",
@@ -112,10 +112,18 @@ async def test_outbox_line_has_exactly_the_spec_fields(tmp_path: Path) -> None:
     [line] = lines(path)
     assert tuple(line) == OUTBOX_FIELDS
     assert set(line) == {
-        "message_id", "user_id", "journey", "step", "channel", "to", "subject", "body",
-        "variant", "sent_at",
+        "message_id",
+        "user_id",
+        "journey",
+        "step",
+        "channel",
+        "to",
+        "subject",
+        "body",
+        "variant",
+        "sent_at",
     }
-    assert line["message_id"] == "m-1" and line["body"] == "Hello ✓ \"quoted\"\nsecond line"
+    assert line["message_id"] == "m-1" and line["body"] == 'Hello ✓ "quoted"\nsecond line'
     assert line["variant"] is None
     sent_at = datetime.fromisoformat(line["sent_at"])
     assert sent_at.utcoffset() is not None and sent_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
@@ -135,7 +143,10 @@ async def test_outbox_one_line_per_id_across_instances_and_restarts(tmp_path: Pa
         assert (await b.send(delivery(1))).duplicate
         outcomes = await b.send_many([delivery(1), delivery(2), delivery(2), delivery(3)])
         assert [o.duplicate for o in outcomes if isinstance(o, Receipt)] == [
-            True, False, True, False
+            True,
+            False,
+            True,
+            False,
         ]
         assert (await a.send(delivery(3))).duplicate
     finally:
@@ -379,7 +390,10 @@ def test_registry_channels_follow_settings(tmp_path: Path) -> None:
         factories=table,
     )
     assert full.describe() == {
-        "email": "sendgrid", "sms": "twilio", "wechat": "wechat", "webhook": "webhook",
+        "email": "sendgrid",
+        "sms": "twilio",
+        "wechat": "wechat",
+        "webhook": "webhook",
         "*": "outbox",
     }
     assert len(full.distinct()) == 5
@@ -436,9 +450,16 @@ async def test_connectors_start_and_close_every_distinct_connector(tmp_path: Pat
 @pytest.mark.parametrize(
     "module",
     [
-        "connectors", "connectors.base", "connectors.errors", "connectors.fake",
-        "connectors.outbox", "connectors.registry", "connectors.webhook", "connectors.sendgrid",
-        "connectors.twilio", "connectors.wechat",
+        "connectors",
+        "connectors.base",
+        "connectors.errors",
+        "connectors.fake",
+        "connectors.outbox",
+        "connectors.registry",
+        "connectors.webhook",
+        "connectors.sendgrid",
+        "connectors.twilio",
+        "connectors.wechat",
     ],
 )
 def test_exported_members_exist(module: str) -> None:

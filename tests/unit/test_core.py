@@ -404,14 +404,6 @@ def test_date_trigger_without_a_usable_date_never_fires(make: Make, birthday: An
     assert d.messages == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug: StepRunner.sync_dates only runs when the date attribute or timezone "
-        "changes, so users whose profile was loaded before a date journey was deployed "
-        "(rules reload) never get state.dates armed for it and it never fires for them"
-    ),
-)
 def test_date_journey_deployed_after_the_profile_was_loaded_fires(tmp_path: Path) -> None:
     plain = f"journey: plain\ntrigger: {{event: go}}\nsteps:\n  - send: {SEND}\n"
     bday = Template(DATE_JOURNEY).substitute(tz="UTC", offset="0d", at="09:00")
@@ -1158,14 +1150,6 @@ steps:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug: Engine.apply_event runs profile_changed (segment edges -> try_start) before "
-        "_check_goals, so the purchase that moved the user into the segment is counted as the "
-        "new run's conversion at the instant of entry"
-    ),
-)
 def test_goal_is_not_reached_by_the_event_that_caused_a_segment_entry(make: Make) -> None:
     metrics = "metrics:\n  buys: {count: purchase}\n"
     d = make(SEGMENT_GOAL, segments={"buyers": "profile.metrics.buys >= 1"}, metrics=metrics)
@@ -1176,15 +1160,6 @@ def test_goal_is_not_reached_by_the_event_that_caused_a_segment_entry(make: Make
     assert d.counted("herald_goals_total") == [{"journey": "seg_goal", "variant": ""}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug: a late event whose (clamped) time is before a run's entry is applied to "
-        "that run: Engine._check_goals counts it as the conversion and StepRunner.on_event lets "
-        "it satisfy wait_for/exit_on, ending the run before it started; simulate, which sees "
-        "the events in timestamp order, disagrees"
-    ),
-)
 def test_late_event_from_before_the_entry_is_not_its_conversion(make: Make) -> None:
     d = make(GOAL)
     d.event("signup", T0)

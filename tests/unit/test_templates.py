@@ -97,14 +97,17 @@ def test_empty_and_missing_directories(tmp_path: Path) -> None:
 
 
 def test_email_subject_line(tmp_path: Path) -> None:
-    store = store_of(tmp_path, {
-        "cart.email.j2": "Subject: {{ profile.first_name }}, you left something\n"
-        "\n"
-        "Hi {{ profile.first_name }},\n"
-        "\n"
-        "Your cart is waiting.\n"
-        "Unsubscribe: {{ unsubscribe_url }}\n",
-    })
+    store = store_of(
+        tmp_path,
+        {
+            "cart.email.j2": "Subject: {{ profile.first_name }}, you left something\n"
+            "\n"
+            "Hi {{ profile.first_name }},\n"
+            "\n"
+            "Your cart is waiting.\n"
+            "Unsubscribe: {{ unsubscribe_url }}\n",
+        },
+    )
     rendered = store.resolve("cart", "email", None).render(context())
     assert rendered.subject == "Ann, you left something"
     assert rendered.body == (
@@ -133,9 +136,12 @@ def test_subject_cannot_carry_newlines_from_data(tmp_path: Path) -> None:
 
 
 def test_undefined_variable_fails_the_render_with_file_line_and_name(tmp_path: Path) -> None:
-    store = store_of(tmp_path, {
-        "cart.email.j2": "Subject: Hi\n\nline 3\nHello {{ profile.frist_name }}\n",
-    })
+    store = store_of(
+        tmp_path,
+        {
+            "cart.email.j2": "Subject: Hi\n\nline 3\nHello {{ profile.frist_name }}\n",
+        },
+    )
     template = store.resolve("cart", "email", None)
     with pytest.raises(TemplateRenderError) as info:
         template.render(context())
@@ -187,15 +193,21 @@ def test_syntax_errors_are_problems_with_file_lines(
 def test_file_name_and_encoding_problems(tmp_path: Path) -> None:
     (tmp_path / "latin.sms.j2").write_bytes("caf\xe9".encode("latin-1"))
     (tmp_path / "README.md").write_text("not a template")
-    store = store_of(tmp_path, {
-        "noChannel.j2": "x",
-        "too.many.dots.here.j2": "x",
-        "dup.sms.zh-CN.j2": "a",
-        "dup.sms.zh_CN.j2": "b",
-    })
+    store = store_of(
+        tmp_path,
+        {
+            "noChannel.j2": "x",
+            "too.many.dots.here.j2": "x",
+            "dup.sms.zh-CN.j2": "a",
+            "dup.sms.zh_CN.j2": "b",
+        },
+    )
     messages = {Path(p.path).name: p.message for p in store.problems}
     assert set(messages) == {
-        "latin.sms.j2", "noChannel.j2", "too.many.dots.here.j2", "dup.sms.zh_CN.j2",
+        "latin.sms.j2",
+        "noChannel.j2",
+        "too.many.dots.here.j2",
+        "dup.sms.zh_CN.j2",
     }
     assert "UTF-8" in messages["latin.sms.j2"]
     assert "NAME.CHANNEL.j2" in messages["noChannel.j2"]
@@ -226,10 +238,13 @@ def test_sandbox_refuses_mutation() -> None:
 
 
 def test_chinese_text_renders(tmp_path: Path) -> None:
-    store = store_of(tmp_path, {
-        "cart.wechat.zh-CN.j2": "{{ profile.first_name }}，您好！购物车里还有 {{ "
-        "event.properties.value | money('¥') }} 的商品。\n",
-    })
+    store = store_of(
+        tmp_path,
+        {
+            "cart.wechat.zh-CN.j2": "{{ profile.first_name }}，您好！购物车里还有 {{ "
+            "event.properties.value | money('¥') }} 的商品。\n",
+        },
+    )
     rendered = store.resolve("cart", "wechat", "zh-CN").render(context(first_name="小明"))
     assert rendered.body == "小明，您好！购物车里还有 ¥1,234.50 的商品。"
 
