@@ -62,6 +62,12 @@ class DispatchReport:
     by_status: dict[tuple[str, str], int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     dead_letters: list[bytes] = field(default_factory=list)
+    sent_by_journey: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def handled(self) -> int:
+        """Actions this batch finished with, whatever the outcome."""
+        return self.sent + self.deduplicated + self.failed
 
     def note(self, channel: str, status: str) -> None:
         """Count a message outcome under herald_messages_total{channel,status}."""
@@ -126,6 +132,9 @@ class Dispatcher:
         for action, delivery in sent:
             report.sent += 1
             report.note(delivery.channel, "sent")
+            report.sent_by_journey[delivery.journey] = (
+                report.sent_by_journey.get(delivery.journey, 0) + 1
+            )
             at = action.get("at")
             if isinstance(at, str):
                 report.latencies.append(max(0.0, now - datetime.fromisoformat(at).timestamp()))
@@ -165,7 +174,9 @@ class Dispatcher:
                 outcomes = await send_many([pairs[i][1] for i in indexes])
                 retry = []
                 for i, outcome in zip(indexes, outcomes, strict=True):
-                    if isinstance(outcome, Exception):
+                    if isinstance(outcome, ConnectorError) and not outcome.retryable:
+                        self._give_up(pairs[i], outcome, report)
+                    elif isinstance(outcome, Exception):
                         retry.append(i)
                     else:
                         results[i] = True
@@ -207,12 +218,20 @@ class Dispatcher:
                 break
             log.debug("delivered %s via %s: %s", delivery.message_id, connector.name, receipt)
             return True
+        self._give_up((action, delivery), last, report)
+        return False
+
+    @staticmethod
+    def _give_up(
+        pair: tuple[dict[str, Any], Delivery], error: Exception | None, report: DispatchReport
+    ) -> None:
+        """A message that will not be delivered: counted and dead-lettered, never dropped."""
+        action, delivery = pair
         report.failed += 1
         report.note(delivery.channel, "failed")
         report.dead_letters.append(
-            _dead(orjson.dumps(action), "delivery_failed", f"{type(last).__name__}: {last}")
+            _dead(orjson.dumps(action), "delivery_failed", f"{type(error).__name__}: {error}")
         )
-        return False
 
 
 def _dead(raw: bytes, reason: str, detail: str) -> bytes:

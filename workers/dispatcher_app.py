@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from connectors.registry import build_connectors
+from workers import stats
 from workers.config import Settings, kafka_bootstrap, make_faust_app
 from workers.dispatcher import Dispatcher, DispatchReport
 from workers.kafka_sink import KafkaSink
@@ -75,13 +76,25 @@ class DispatcherService:
                 log.exception("dispatch batch failed; retrying in %.2fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
-        self._observe(report)
+        await self._observe(report)
 
-    def _observe(self, report: DispatchReport) -> None:
+    async def _observe(self, report: DispatchReport) -> None:
         for (channel, status), n in report.by_status.items():
             self.telemetry.messages.labels(channel=channel, status=status).inc(n)
         for seconds in report.latencies:
             self.telemetry.latency.observe(seconds)
+        try:
+            await stats.add(
+                self.redis,
+                {
+                    stats.MESSAGES: {f"{c}|{s}": n for (c, s), n in report.by_status.items()},
+                    stats.PROCESSOR: {"dispatched": report.handled},
+                    stats.JOURNEYS: {f"{j}|sent": n for j, n in report.sent_by_journey.items()},
+                },
+            )
+            await stats.add_latencies(self.redis, report.latencies)
+        except Exception:  # best effort: deliveries are already marked
+            log.warning("could not record stats", exc_info=True)
 
 
 def create_dispatcher_app(settings: Settings, service: DispatcherService) -> Any:

@@ -17,10 +17,10 @@ from typing import Any
 
 from engine.runtime.core import EngineOptions
 from engine.runtime.steps import utc
-from workers import keys
+from workers import keys, stats
 from workers.config import Settings, kafka_bootstrap, make_faust_app
 from workers.kafka_sink import KafkaSink
-from workers.processor import BatchProcessor, Clock, EventClock, Record, WallClock
+from workers.processor import BatchProcessor, BatchReport, Clock, EventClock, Record, WallClock
 from workers.records import control
 from workers.rules_watch import RulesWatcher
 from workers.store import RedisStore
@@ -93,6 +93,45 @@ class ProcessorService:
         for event_type, n in report.events_by_type.items():
             self.telemetry.events.labels(type=event_type).inc(n)
         self.telemetry.add_counts(report.counts)
+        await self._record(report)
+
+    async def _record(self, report: BatchReport) -> None:
+        journeys: dict[str, float] = {}
+        for (name, labels), n in report.counts.items():
+            label = dict(labels)
+            if name == "herald_journey_entries_total":
+                journeys[f"{label['journey']}|entries"] = (
+                    journeys.get(f"{label['journey']}|entries", 0) + n
+                )
+            elif name == "herald_journey_exits_total":
+                key = f"{label['journey']}|exits"
+                journeys[key] = journeys.get(key, 0) + n
+            elif name == "herald_goals_total":
+                key = f"{label['journey']}|goals"
+                journeys[key] = journeys.get(key, 0) + n
+            elif name == "herald_messages_total":
+                key = f"{label.get('channel', '')}|{label.get('status', '')}"
+                journeys[f"*{key}"] = journeys.get(f"*{key}", 0) + n
+        try:
+            await stats.add(
+                self.store.client,
+                {
+                    stats.PROCESSOR: {
+                        "events": report.events,
+                        "inputs": report.inputs,
+                        "skipped": report.skipped,
+                        "actions": report.actions,
+                        "dead_letters": report.dead_letters,
+                        "redis_ops": report.redis_ops,
+                        "batches": 1,
+                    },
+                    stats.EVENT_TYPES: dict(report.events_by_type),
+                    stats.JOURNEYS: {k: v for k, v in journeys.items() if not k.startswith("*")},
+                    stats.MESSAGES: {k[1:]: v for k, v in journeys.items() if k.startswith("*")},
+                },
+            )
+        except Exception:  # stats are best effort; the batch itself is durable already
+            log.warning("could not record stats", exc_info=True)
 
     def now_for(self, partition: int) -> float:
         """The clock timers compare against (event time per partition, or the wall clock)."""

@@ -169,6 +169,10 @@ class StepRunner:
         profile = turn.state.profile
         changed: set[str] = set()
         for key, value in traits.items():
+            if key == "consent" and isinstance(value, dict):
+                # Consent is per channel: unsubscribing from SMS must not reset email.
+                current = profile.get("consent")
+                value = {**current, **value} if isinstance(current, dict) else dict(value)
             if profile.get(key, _MISSING) != value:
                 profile[key] = value
                 changed.add(key)
