@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
+from engine.events import Event
 from workers.cmd_run import Supervisor
 from workers.config import Settings
-from workers.services import EmbeddedBroker, EmbeddedRedis, free_port
-from workers.topics import EVENTS, ensure_topics, partition_for
+from workers.services import EmbeddedBroker, EmbeddedRedis
+from workers.stack import LocalStack
+from workers.topics import ensure_topics
 
 DEMO_TIMEOUT_S = 55.0
 
@@ -92,162 +93,119 @@ def run_demo(args: argparse.Namespace) -> int:
     examples = Path(getattr(args, "examples", None) or "examples")
     rules = Path(getattr(args, "rules", None) or settings.rules_dir)
     events_path, profiles_path = examples / "events.jsonl", examples / "profiles.jsonl"
+    has_profiles = profiles_path.exists()
     expected, _notes = simulate_lines(
-        rules, events_path, profiles_path=profiles_path if profiles_path.exists() else None
+        rules, events_path, profiles_path=profiles_path if has_profiles else None
     )
     events = read_events(events_path, None)
-    profiles = read_profiles(profiles_path) if profiles_path.exists() else []
-    start = min(e.timestamp for e in events)
-    until = max(e.timestamp for e in events).timestamp() + 7 * 86400
+    profiles = read_profiles(profiles_path) if has_profiles else []
     state_dir = Path(settings.state_dir) / "demo"
     shutil.rmtree(state_dir, ignore_errors=True)
-    outbox = state_dir / "outbox.jsonl"
-    partitions = 4
-    api_port = free_port()
     begun = time.monotonic()
-    with embedded_services(state_dir) as (broker, redis):
-        asyncio.run(ensure_topics(broker.bootstrap, partitions))
-        env = worker_env(
-            broker,
-            redis,
-            state_dir,
-            HERALD_CLOCK="event",
-            HERALD_OUTBOX=str(outbox),
-            HERALD_API_PORT=str(api_port),
-            HERALD_PARTITIONS=str(partitions),
-            HERALD_RULES_DIR=str(rules),
-        )
-        for name in ("SENDGRID_API_KEY", "TWILIO_ACCOUNT_SID", "WECHAT_APP_ID"):
-            env.pop(name, None)
-        supervisor = Supervisor(env)
-        supervisor.start()
-        try:
-            print(
-                f"herald demo: {len(events)} events, {len(profiles)} profiles, "
-                f"{len(expected)} messages expected (from herald simulate)"
-            )
-            got = asyncio.run(
-                _feed_and_watch(
-                    broker.bootstrap,
-                    api_port,
-                    partitions,
-                    profiles,
-                    events,
-                    start.timestamp(),
-                    until,
-                    outbox,
-                    len(expected),
-                    supervisor,
-                )
-            )
-        finally:
-            supervisor.stop()
+    print(
+        f"herald demo: {len(events)} events and {len(profiles)} profiles from {examples}/, "
+        f"rules from {rules}/; {len(expected)} messages expected (herald simulate)"
+    )
+    with LocalStack(state_dir, clock="event", rules=rules, quiet=True) as stack:
+        stack.start_roles()
+        got = asyncio.run(replay(stack, events, profiles, expected_count=len(expected)))
     return _summary(expected, got, time.monotonic() - begun)
 
 
-async def _feed_and_watch(
-    bootstrap: str,
-    api_port: int,
-    partitions: int,
+async def replay(
+    stack: LocalStack,
+    events: list[Event],
     profiles: list[tuple[str, dict[str, Any]]],
-    events: list[Any],
-    start: float,
-    until: float,
-    outbox: Path,
-    expected: int,
-    supervisor: Supervisor,
+    *,
+    expected_count: int,
+    timeout: float = DEMO_TIMEOUT_S,
+    echo: bool = True,
 ) -> list[dict[str, Any]]:
-    from workers.kafka_sink import KafkaSink
+    """Feed a recorded stream in event time and collect the outbox (demo and tests)."""
     from workers.records import control
 
-    sink = KafkaSink(bootstrap, client_id="herald-demo")
-    await sink.start()
-    try:
-        for p in range(partitions):
-            await sink.send_control(p, control("clock", start))
-        by_partition: dict[int, list[dict[str, Any]]] = {}
-        for user, traits in profiles:
-            p = partition_for(user.encode(), partitions)
-            by_partition.setdefault(p, []).append({"user_id": user, "traits": traits})
-        for p, items in by_partition.items():
-            await sink.send_control(p, control("profile", start, profiles=items))
-        base = f"http://127.0.0.1:{api_port}"
-        async with aiohttp.ClientSession() as http:
-            await _wait_ready(http, base, supervisor)
-            payload = {"batch": [e.to_json_dict() for e in events]}
-            async with http.post(f"{base}/v1/events", json=payload) as response:
-                body = await response.json()
-                print(f"POST /v1/events -> {response.status} {body}")
-        for p in range(partitions):
-            await sink.send_control(p, control("clock", until))
-    finally:
-        await sink.stop()
-    return await _tail(outbox, expected, supervisor)
+    start = min(e.timestamp for e in events).timestamp()
+    until = max(e.timestamp for e in events).timestamp() + 7 * 86400
+    await stack.wait_ready()
+    controls = [(p, control("clock", start)) for p in range(stack.partitions)]
+    by_partition: dict[int, list[dict[str, Any]]] = {}
+    for user, traits in profiles:
+        by_partition.setdefault(stack.partition_of(user), []).append(
+            {"user_id": user, "traits": traits}
+        )
+    controls += [
+        (p, control("profile", start, profiles=items)) for p, items in by_partition.items()
+    ]
+    await stack.send_controls(controls)
+    async with aiohttp.ClientSession() as http:
+        answer = await stack.post_events(http, [e.to_json_dict() for e in events])
+        if echo:
+            print(f"POST /v1/events -> {answer}")
+    await stack.send_controls([(p, control("clock", until)) for p in range(stack.partitions)])
+    return await _tail(stack, expected_count, timeout, echo)
 
 
-async def _wait_ready(http: aiohttp.ClientSession, base: str, supervisor: Supervisor) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if supervisor.poll() is not None:
-            raise SystemExit(f"role {supervisor.poll()} exited during start-up")
-        try:
-            async with http.get(f"{base}/readyz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.2)
-    raise SystemExit("the API did not become ready within 30 s")
-
-
-async def _tail(outbox: Path, expected: int, supervisor: Supervisor) -> list[dict[str, Any]]:
+async def _tail(
+    stack: LocalStack, expected: int, timeout: float, echo: bool
+) -> list[dict[str, Any]]:
     """Print outbox lines as they arrive until the expected count or the time limit."""
-    lines: list[dict[str, Any]] = []
-    position = 0
-    deadline = time.monotonic() + DEMO_TIMEOUT_S
+    shown = 0
+    deadline = time.monotonic() + timeout
     quiet_since = time.monotonic()
+    lines: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        if outbox.exists():
-            with outbox.open("rb") as handle:
-                handle.seek(position)
-                chunk = handle.read()
-            complete = chunk[: chunk.rfind(b"\n") + 1]
-            position += len(complete)
-            for raw in complete.splitlines():
-                line = orjson.loads(raw)
-                lines.append(line)
-                quiet_since = time.monotonic()
-                head = (line.get("subject") or line.get("body") or "").splitlines()[0][:60]
-                print(
-                    f"  {line['sent_at'][11:19]} {line['user_id']:>4} {line['journey']:<28} "
-                    f"{line['channel']:<8} {head}"
-                )
+        lines = stack.outbox_lines()
+        for line in lines[shown:]:
+            quiet_since = time.monotonic()
+            if echo:
+                head = (line.get("subject") or line.get("body") or "").splitlines()[0][:56]
+                print(f"  {line['user_id']:>4} {line['journey']:<28} {line['channel']:<8} {head}")
+        shown = len(lines)
         if len(lines) >= expected and time.monotonic() - quiet_since > 1.0:
             break
-        if supervisor.poll() is not None:
-            print(f"role {supervisor.poll()} exited", file=sys.stderr)
+        dead = stack.dead_role()
+        if dead is not None:
+            print(f"role {dead} exited; see {stack.state_dir}/{dead}.log", file=sys.stderr)
             break
         await asyncio.sleep(0.1)
     return lines
 
 
-def _summary(expected: list[dict[str, Any]], got: list[dict[str, Any]], seconds: float) -> int:
-    want = {m["message_id"] for m in expected}
+COMPARED = ("user_id", "journey", "step", "channel", "to", "subject", "body", "variant")
+
+
+def compare(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Differences between simulate's lines and outbox lines, by message id."""
+    want = {m["message_id"]: m for m in expected}
     have = Counter(m["message_id"] for m in got)
+    by_id = {m["message_id"]: m for m in got}
+    return {
+        "missing": sorted(set(want) - set(have)),
+        "unexpected": sorted(set(have) - set(want)),
+        "duplicates": sorted(mid for mid, n in have.items() if n > 1),
+        "different": sorted(
+            mid
+            for mid in set(want) & set(have)
+            if any(want[mid].get(k) != by_id[mid].get(k) for k in COMPARED)
+        ),
+    }
+
+
+def _summary(expected: list[dict[str, Any]], got: list[dict[str, Any]], seconds: float) -> int:
+    diff = compare(expected, got)
     per_journey = Counter(m["journey"] for m in got)
-    print("\nsummary")
+    print("\nsummary: messages per journey")
     for journey, n in sorted(per_journey.items()):
         print(f"  {journey:<30} {n}")
-    duplicates = sum(n - 1 for n in have.values() if n > 1)
-    missing = len(want - set(have))
-    extra = len(set(have) - want)
     print(
-        f"  messages: {len(got)} in the outbox, {len(want)} from simulate; "
-        f"missing {missing}, unexpected {extra}, duplicates {duplicates}; {seconds:.1f} s"
+        f"  {len(got)} messages in the outbox, {len(expected)} from simulate; "
+        + ", ".join(f"{k} {len(v)}" for k, v in diff.items())
+        + f"; {seconds:.1f} s"
     )
-    ok = missing == 0 and extra == 0 and duplicates == 0
-    print("  pipeline and simulate agree" if ok else "  MISMATCH between pipeline and simulate")
+    ok = not any(diff.values())
+    print(
+        "  the pipeline and herald simulate agree on every message id and content"
+        if ok
+        else "  MISMATCH between the pipeline and herald simulate"
+    )
     return 0 if ok else 1
-
-
-__all__ = ["EVENTS", "run", "run_demo"]

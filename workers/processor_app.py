@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 BATCH_RECORDS = 500
 BATCH_WITHIN_S = 0.005
 TICK_CHUNK = 500
-LEASE_S = 30.0
+TICK_RETRY_S = 30.0
 RETRY_MAX_S = 5.0
 
 
@@ -57,6 +57,7 @@ class ProcessorService:
         self._start_lock = asyncio.Lock()
         self.metrics_port: int | None = None
         self._metrics_runner: Any = None
+        self._in_flight: dict[tuple[int, str], tuple[float, float]] = {}
 
     async def start(self) -> None:
         """Connect the producer and serve /metrics (idempotent)."""
@@ -146,15 +147,32 @@ class ProcessorService:
         if self.clock.event_time:
             await self.processor._load_watermarks(set(partitions))
         pending = 0
+        wall = time.monotonic()
         for p in partitions:
             now = self.now_for(p)
             if now <= 0:
                 continue
-            users = await self.store.due(p, now, 5000, now + LEASE_S)
+            due = await self.store.due(p, now, 5000)
+            # A tick already on its way for the same due time is not sent again for a while;
+            # the in-flight memory is per process, so after a restart ticks may repeat, which
+            # is harmless (a tick with nothing due changes nothing).
+            users = [
+                u
+                for u, at in due
+                if self._in_flight.get((p, u), (None, 0.0))[0] != at
+                or wall - self._in_flight[(p, u)][1] > TICK_RETRY_S
+            ]
             for i in range(0, len(users), TICK_CHUNK):
                 chunk = users[i : i + TICK_CHUNK]
                 await self.sink.send_control(p, control("tick", now, users=chunk))
+            due_at = dict(due)
+            for u in users:
+                self._in_flight[(p, u)] = (due_at[u], wall)
             pending += await self.store.client.zcard(keys.timers(p))
+        if len(self._in_flight) > 100_000:
+            self._in_flight = {
+                k: v for k, v in self._in_flight.items() if wall - v[1] < TICK_RETRY_S
+            }
         self.telemetry.timers_pending.set(pending)
 
     async def fire_schedules(self, partitions: list[int]) -> None:

@@ -12,7 +12,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -53,9 +53,8 @@ class StateStore(Protocol):
     async def commit(self, writes: Sequence[PartitionWrite]) -> None:
         """Apply writes; each partition's write is atomic."""
 
-    async def due(self, partition: int, now: float, limit: int, lease_until: float) -> list[str]:
-        """Users of a partition with something due at or before `now`, leased until
-        `lease_until` so the next scan does not hand them out again before they are handled."""
+    async def due(self, partition: int, now: float, limit: int) -> list[tuple[str, float]]:
+        """(user, due time) of a partition's users with something due at or before `now`."""
 
     async def segment_members(self, partition: int, segment: str) -> list[str]:
         """Current members of a segment in one partition."""
@@ -138,17 +137,12 @@ class RedisStore:
             pipe.set(keys.first_watermark(p), repr(first), nx=True)
         await pipe.execute()
 
-    async def due(self, partition: int, now: float, limit: int, lease_until: float) -> list[str]:
-        """Read due users and push their score to the lease time, atomically."""
-        key = keys.timers(partition)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.zrangebyscore(key, "-inf", now, start=0, num=limit)
-            (members,) = await pipe.execute()
-        users = [m.decode() if isinstance(m, bytes) else m for m in members]
-        if users:
-            # XX: only users still present (a concurrent commit may have removed one).
-            await self.client.zadd(key, dict.fromkeys(users, lease_until), xx=True)
-        return users
+    async def due(self, partition: int, now: float, limit: int) -> list[tuple[str, float]]:
+        """One ZRANGEBYSCORE: O(log n + due), never a scan of every user."""
+        members: Any = await self.client.zrangebyscore(
+            keys.timers(partition), "-inf", now, start=0, num=limit, withscores=True
+        )
+        return [(bytes(member).decode(), float(score)) for member, score in members]
 
     async def segment_members(self, partition: int, segment: str) -> list[str]:
         """SSCAN so a large segment never blocks Redis."""
@@ -226,13 +220,10 @@ class MemoryStore:
                 first = w.first_watermark if w.first_watermark is not None else w.watermark
                 self.first_clocks.setdefault(p, first)
 
-    async def due(self, partition: int, now: float, limit: int, lease_until: float) -> list[str]:
-        """Due users, leased."""
+    async def due(self, partition: int, now: float, limit: int) -> list[tuple[str, float]]:
+        """Due users, earliest first."""
         timers = self.timers[partition]
-        users = sorted((t, u) for u, t in timers.items() if t <= now)[:limit]
-        for _t, u in users:
-            timers[u] = lease_until
-        return [u for _t, u in users]
+        return sorted(((u, t) for u, t in timers.items() if t <= now), key=lambda x: x[1])[:limit]
 
     async def segment_members(self, partition: int, segment: str) -> list[str]:
         """Members, sorted."""

@@ -124,6 +124,8 @@ class Engine:
         """A schedule journey's cron time came: a member of its segment may start a run."""
         turn = self._begin(state, now)
         at = fire_at.timestamp()
+        if not state.remember_event(f"schedule:{journey_id}:{at}"):
+            return self._finish(turn)  # this firing was already applied (a replayed record)
         self._advance(turn, at, inclusive=False)
         program = self.programs.get(journey_id)
         if program is not None and program.journey.enabled:

@@ -672,6 +672,8 @@ _MISSING = object()
 def _date_signature(program: Program) -> str:
     """What a date journey's firings depend on besides the profile: its version."""
     return program.version
+
+
 NEXT = object()
 BLOCK = object()
 EXIT = object()
