@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import aiohttp
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
@@ -77,6 +78,7 @@ class TwilioConnector:
             settings.twilio_auth_token or "",
             settings.twilio_from or "",
             base_url=settings.twilio_base_url,
+            status_callback=f"{settings.public_url.rstrip('/')}/v1/webhooks/twilio",
         )
 
     async def start(self) -> None:
@@ -106,7 +108,17 @@ class TwilioConnector:
         else:
             params["from_"] = self.sender
         if self.status_callback:
-            params["status_callback"] = self.status_callback
+            # The callback names user and message so the status becomes a message.* event.
+            query = urlencode(
+                {
+                    "u": delivery.user_id,
+                    "m": delivery.message_id,
+                    "j": delivery.journey,
+                    "s": delivery.step,
+                }
+            )
+            sep = "&" if "?" in self.status_callback else "?"
+            params["status_callback"] = f"{self.status_callback}{sep}{query}"
         try:
             async with asyncio.timeout(self.timeout):
                 message = await self._client.messages.create_async(**params)

@@ -108,10 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="API base URL (default: http://$HERALD_API_HOST:$HERALD_API_PORT)",
     )
+    p.add_argument(
+        "--trait",
+        action="append",
+        default=[],
+        type=_key_value,
+        metavar="K=V",
+        help="profile trait set with the event (repeatable); V is read as JSON when it parses",
+    )
+    p.add_argument("--api-key", default=None, help="API key (default: first of $HERALD_API_KEYS)")
     p.set_defaults(handler=_delegate("emit"))
 
     p = sub.add_parser("status", help="live throughput, lag, timers and dispatch per journey")
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument(
+        "--json", action="store_true", help="print the facts as JSON (one object per second)"
+    )
     p.set_defaults(handler=_delegate("status"))
 
     p = sub.add_parser("bench", help="run the benchmark; last line is a JSON summary")

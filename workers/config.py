@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     wecom_corp_id: str | None = Field(default=None, validation_alias="WECOM_CORP_ID")
     wecom_corp_secret: str | None = Field(default=None, validation_alias="WECOM_CORP_SECRET")
     wecom_agent_id: str | None = Field(default=None, validation_alias="WECOM_AGENT_ID")
+    # SendGrid Event Webhook verification key (Mail Settings > Signed Event Webhook), base64 DER.
+    sendgrid_webhook_public_key: str | None = Field(
+        default=None, validation_alias="SENDGRID_WEBHOOK_PUBLIC_KEY"
+    )
     sendgrid_base_url: str | None = Field(default=None, validation_alias="SENDGRID_BASE_URL")
     twilio_base_url: str | None = Field(default=None, validation_alias="TWILIO_BASE_URL")
     wechat_base_url: str | None = Field(default=None, validation_alias="WECHAT_BASE_URL")

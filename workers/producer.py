@@ -1,10 +1,12 @@
-"""Producing events onto `herald.events`, packed per partition, and dead letters onto `herald.dlq`.
+"""Producing events and profile imports onto `herald.events`, packed per partition, and dead
+letters onto `herald.dlq`.
 
-The HTTP API may answer 202 only once every accepted event is acknowledged by the broker
-(acks=all), so `send_events` returns only then. To amortise the per-record cost it writes one
-packed record per partition (see `engine.events` for the wire format), on the partition Kafka's
-default partitioner gives the user id, so a packed record and a plain keyed record from any other
-producer land on the same partition and the same worker owns the user's state either way.
+The HTTP API may answer 202 only once everything accepted is acknowledged by the broker
+(acks=all), so `send_events` and `send_profiles` return only then. To amortise the per-record
+cost they write one packed record per partition (see `engine.events` for the event wire format,
+`workers.records` for the `profile` control record), on the partition Kafka's default partitioner
+gives the user id, so a packed record and a plain keyed record from any other producer land on
+the same partition and the same worker owns the user's state either way.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aiokafka.errors import BrokerResponseError, KafkaError
 
 from engine.errors import ServiceError
 from engine.events import Event, pack_records
+from workers.records import SEQ_STRIDE, control
 from workers.topics import DLQ, EVENTS, partition_for
 
 __all__ = ["MAX_PACK_BYTES", "EventProducer"]
@@ -102,22 +105,40 @@ class EventProducer:
         """
         if not events:
             return
-        producer = self._require()
-        futures: list[asyncio.Future[Any]] = []
-        try:
-            partitions = len(await producer.partitions_for(EVENTS))
-            by_partition: dict[int, list[Event]] = {}
-            for event in events:
-                by_partition.setdefault(_partition(event.user_id, partitions), []).append(event)
-            for p, group in by_partition.items():
-                for key, value in pack_records(group, self._max_pack_bytes):
-                    futures.append(
-                        await producer.send(EVENTS, value, key=key.encode(), partition=p)
-                    )
-        except KafkaError as exc:
-            await asyncio.gather(*futures, return_exceptions=True)  # leave none unobserved
-            raise ServiceError(f"cannot produce to {EVENTS}: {exc!r}") from exc
-        await _all_acked(futures)
+        by_partition: dict[int, list[Event]] = {}
+        partitions = await self._partition_count()
+        for event in events:
+            by_partition.setdefault(_partition(event.user_id, partitions), []).append(event)
+        await self._produce(
+            [
+                (p, key, value)
+                for p, group in by_partition.items()
+                for key, value in pack_records(group, self._max_pack_bytes)
+            ]
+        )
+
+    async def send_profiles(self, profiles: list[tuple[str, dict[str, Any]]], at: float) -> None:
+        """Produce `profile` control records (traits without an event) and wait for every ack.
+
+        `at` (epoch seconds) is the records' time. The profiles of one partition go in as few
+        records as `max_pack_bytes` allows, in order, so a user's later import wins. A retry
+        after a failure applies the same traits again, which is harmless.
+        """
+        if not profiles:
+            return
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        partitions = await self._partition_count()
+        for user_id, traits in profiles:
+            by_partition.setdefault(_partition(user_id, partitions), []).append(
+                {"user_id": user_id, "traits": traits}
+            )
+        await self._produce(
+            [
+                (p, key, value)
+                for p, group in by_partition.items()
+                for key, value in _pack_profiles(group, at, self._max_pack_bytes)
+            ]
+        )
 
     async def send_dlq(self, raw: bytes, reason: str, detail: str, source: str) -> None:
         """Dead-letter something that could not be accepted, keeping its bytes for a replay."""
@@ -160,6 +181,27 @@ class EventProducer:
             raise
         return producer
 
+    async def _partition_count(self) -> int:
+        producer = self._require()
+        try:
+            return len(await producer.partitions_for(EVENTS))
+        except KafkaError as exc:
+            raise ServiceError(f"cannot produce to {EVENTS}: {exc!r}") from exc
+
+    async def _produce(self, records: list[tuple[int, str, bytes]]) -> None:
+        """Send `(partition, key, value)` records to `herald.events`; return once all are acked."""
+        producer = self._require()
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for partition, key, value in records:
+                futures.append(
+                    await producer.send(EVENTS, value, key=key.encode(), partition=partition)
+                )
+        except KafkaError as exc:
+            await asyncio.gather(*futures, return_exceptions=True)  # leave none unobserved
+            raise ServiceError(f"cannot produce to {EVENTS}: {exc!r}") from exc
+        await _all_acked(futures)
+
     def _require(self) -> Any:
         if self._producer is None:
             raise ServiceError("EventProducer is not started")
@@ -187,6 +229,22 @@ def _quiet_probe() -> Iterator[None]:
 def _partition(user_id: str, partitions: int) -> int:
     """`partition_for`, remembered: murmur2 is pure Python, and active users come back often."""
     return partition_for(user_id.encode(), partitions)
+
+
+def _pack_profiles(
+    profiles: list[dict[str, Any]], at: float, max_bytes: int
+) -> list[tuple[str, bytes]]:
+    """Profiles of one partition as `(key, value)` control records, halved until each fits.
+
+    A record also stays under `SEQ_STRIDE` items, the most one record can number for replays.
+    """
+    value = control("profile", at, profiles=profiles)
+    if len(profiles) == 1 or (len(value) <= max_bytes and len(profiles) < SEQ_STRIDE):
+        return [(profiles[0]["user_id"], value)]
+    half = len(profiles) // 2
+    return _pack_profiles(profiles[:half], at, max_bytes) + _pack_profiles(
+        profiles[half:], at, max_bytes
+    )
 
 
 async def _all_acked(futures: list[asyncio.Future[Any]]) -> None:

@@ -30,9 +30,9 @@ from engine.errors import ServiceError
 from engine.events import PACK_KEY, Event, decode_record
 from workers.api import create_app, post_event, run_api
 from workers.config import Settings
-from workers.metrics import Registry
 from workers.producer import EventProducer
 from workers.services import EmbeddedBroker, free_port
+from workers.telemetry import Telemetry
 from workers.topics import DLQ, EVENTS, ensure_topics, partition_for
 
 PARTITIONS = 4
@@ -76,9 +76,12 @@ async def make_client(broker: EmbeddedBroker, producer: EventProducer) -> AsyncI
     clients: list[TestClient[Any, Any]] = []
 
     async def make(
-        *, keys: list[str] | None = None, host: str = "127.0.0.1", registry: Registry | None = None
+        *,
+        keys: list[str] | None = None,
+        host: str = "127.0.0.1",
+        telemetry: Telemetry | None = None,
     ) -> TestClient[Any, Any]:
-        app = create_app(settings_for(broker, keys=keys), producer, metrics=registry)
+        app = create_app(settings_for(broker, keys=keys), producer, metrics=telemetry)
         client: TestClient[Any, Any] = TestClient(TestServer(app, host=host))
         await client.start_server()
         clients.append(client)
@@ -279,8 +282,8 @@ async def test_producer_splits_packs_over_the_size_limit(
 async def test_invalid_single_event(
     make_client: MakeClient, body: Any, reason: str, in_detail: str
 ) -> None:
-    registry = Registry()
-    client = await make_client(registry=registry)
+    telemetry = Telemetry()
+    client = await make_client(telemetry=telemetry)
     response = await client.post("/v1/events", json=body)
     assert response.status == 400
     answer = await response.json()
@@ -288,7 +291,8 @@ async def test_invalid_single_event(
     [error] = answer["errors"]
     assert (error["index"], error["reason"]) == (0, reason)
     assert in_detail in error["detail"]
-    assert registry.counter("herald_events_invalid_total", "", ["reason"]).value(reason) == 1
+    sample = telemetry.registry.get_sample_value("herald_events_invalid_total", {"reason": reason})
+    assert sample == 1
 
 
 async def test_malformed_json(make_client: MakeClient, read: Reader, nonce: str) -> None:
@@ -500,8 +504,7 @@ async def test_segment_errors_carry_code_and_message(make_client: MakeClient) ->
 
 
 async def test_health_ready_metrics(make_client: MakeClient, nonce: str) -> None:
-    registry = Registry()
-    client = await make_client(registry=registry)
+    client = await make_client(telemetry=Telemetry())
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
     batch = [
@@ -511,11 +514,16 @@ async def test_health_ready_metrics(make_client: MakeClient, nonce: str) -> None
         {"type": "purchase"},
     ]
     assert (await client.post("/v1/events", json={"batch": batch})).status == 400
-    text = await (await client.get("/metrics")).text()
-    assert 'herald_events_total{type="purchase"} 2\n' in text
-    assert 'herald_events_total{type="odd \\"type\\"\\n"} 1\n' in text
-    assert 'herald_events_invalid_total{reason="missing_user_id"} 1\n' in text
+    response = await client.get("/metrics")
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    text = await response.text()
+    assert 'herald_events_total{type="purchase"} 2.0\n' in text
+    assert 'herald_events_total{type="odd \\"type\\"\\n"} 1.0\n' in text
+    assert 'herald_events_invalid_total{reason="missing_user_id"} 1.0\n' in text
     assert "# TYPE herald_events_total counter\n" in text
+    # the API's own request latency, by route template
+    assert 'herald_api_request_seconds_count{route="/v1/events",status="400"} 1.0\n' in text
+    assert 'herald_api_request_seconds_count{route="/healthz",status="200"} 1.0\n' in text
 
 
 async def test_post_event_helper(make_client: MakeClient, nonce: str) -> None:

@@ -1,71 +1,51 @@
-"""The metrics registry and its Prometheus text rendering."""
+"""The API's metrics on the prometheus_client registry of `Telemetry`."""
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC, datetime
 
-from workers.metrics import OTHER, Counter, Registry
-
-
-def test_counter_renders_with_escaped_labels() -> None:
-    registry = Registry()
-    events = registry.counter("herald_events_total", "Events accepted,\nby type.", ["type"])
-    events.inc("purchase")
-    events.inc("purchase", amount=2)
-    events.inc('a "quoted"\\path\nline')
-    assert events.value("purchase") == 3
-    assert registry.render() == (
-        "# HELP herald_events_total Events accepted,\\nby type.\n"
-        "# TYPE herald_events_total counter\n"
-        'herald_events_total{type="a \\"quoted\\"\\\\path\\nline"} 1\n'
-        'herald_events_total{type="purchase"} 3\n'
-    )
+from engine.events import Event
+from workers.api import OTHER_TYPE, ApiMetrics
+from workers.telemetry import Telemetry
 
 
-def test_counter_rejects_decrease_and_wrong_labels() -> None:
-    counter = Registry().counter("c_total", "c", ["a", "b"])
-    with pytest.raises(ValueError):
-        counter.inc("x", "y", amount=-1)
-    with pytest.raises(ValueError):
-        counter.inc("only-one")
+def test_accepted_events_are_counted_by_type() -> None:
+    telemetry = Telemetry()
+    metrics = ApiMetrics(telemetry)
+    now = datetime.now(UTC)
+    metrics.accepted([Event("1", "purchase", "u", now), Event("2", "purchase", "v", now)])
+    metrics.invalid("missing_user_id", 3)
+    value = telemetry.registry.get_sample_value
+    assert value("herald_events_total", {"type": "purchase"}) == 2
+    assert value("herald_events_invalid_total", {"reason": "missing_user_id"}) == 3
+    text = telemetry.render().decode()
+    assert 'herald_events_total{type="purchase"} 2.0\n' in text
 
 
-def test_series_are_capped() -> None:
-    counter = Counter("c_total", "c", ["type"], max_series=2)
-    for name in ("a", "b", "c", "d", "a"):
-        counter.inc(name)
-    assert (counter.value("a"), counter.value("b"), counter.value(OTHER)) == (2, 1, 2)
+def test_event_type_series_are_capped() -> None:
+    telemetry = Telemetry()
+    metrics = ApiMetrics(telemetry, max_types=2)
+    now = datetime.now(UTC)
+    metrics.accepted(Event(str(i), t, "u", now) for i, t in enumerate("abcda"))
+    value = telemetry.registry.get_sample_value
+    assert value("herald_events_total", {"type": "a"}) == 2
+    assert value("herald_events_total", {"type": "b"}) == 1
+    assert value("herald_events_total", {"type": OTHER_TYPE}) == 2
+    assert value("herald_events_total", {"type": "c"}) is None
 
 
-def test_gauge_and_unlabelled() -> None:
-    registry = Registry()
-    pending = registry.gauge("herald_timers_pending", "Timers waiting.")
-    pending.set(5)
-    pending.inc(amount=-2)
-    assert "herald_timers_pending 3\n" in registry.render()
-    assert "# TYPE herald_timers_pending gauge\n" in registry.render()
+def test_webhook_outcomes_skip_zero() -> None:
+    telemetry = Telemetry()
+    metrics = ApiMetrics(telemetry)
+    metrics.webhook("sendgrid", "accepted", 2)
+    metrics.webhook("sendgrid", "ignored", 0)
+    value = telemetry.registry.get_sample_value
+    labels = {"provider": "sendgrid", "result": "accepted"}
+    assert value("herald_webhook_items_total", labels) == 2
+    assert value("herald_webhook_items_total", {**labels, "result": "ignored"}) is None
 
 
-def test_histogram_buckets_are_cumulative() -> None:
-    registry = Registry()
-    latency = registry.histogram("lat_seconds", "Latency.", ["channel"], buckets=[0.1, 1.0])
-    for value in (0.05, 0.1, 0.5, 3.0):
-        latency.observe(value, "email")
-    assert latency.count("email") == 4
-    assert registry.render().splitlines()[2:] == [
-        'lat_seconds_bucket{channel="email",le="0.1"} 2',
-        'lat_seconds_bucket{channel="email",le="1"} 3',
-        'lat_seconds_bucket{channel="email",le="+Inf"} 4',
-        'lat_seconds_sum{channel="email"} 3.65',
-        'lat_seconds_count{channel="email"} 4',
-    ]
-
-
-def test_registry_returns_the_same_metric_and_refuses_a_clash() -> None:
-    registry = Registry()
-    first = registry.counter("x_total", "x", ["a"])
-    assert registry.counter("x_total", "x", ["a"]) is first
-    with pytest.raises(ValueError):
-        registry.counter("x_total", "x", ["b"])
-    with pytest.raises(ValueError):
-        registry.gauge("x_total", "x", ["a"])
+def test_api_metrics_are_registered_once_per_telemetry() -> None:
+    telemetry = Telemetry()
+    assert ApiMetrics.of(telemetry) is ApiMetrics.of(telemetry)
+    assert ApiMetrics.of(Telemetry()) is not ApiMetrics.of(telemetry)
