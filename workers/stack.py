@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from workers.config import Settings, kafka_bootstrap
 from workers.services import EmbeddedBroker, EmbeddedRedis, free_port
 from workers.topics import ensure_topics, partition_for
 
@@ -39,8 +40,10 @@ class LocalStack:
         rules: Path | None = None,
         extra_env: dict[str, str] | None = None,
         quiet: bool = False,
+        external: Settings | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.external = external
         self.partitions = partitions
         self.outbox = state_dir / "outbox.jsonl"
         self.api_port = free_port()
@@ -62,19 +65,42 @@ class LocalStack:
     # ------------------------------------------------------------------ lifecycle
 
     def start_services(self) -> None:
-        """Broker and Redis, and Herald's topics."""
+        """Broker and Redis (unless external ones are configured), and Herald's topics."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.broker.start()
-        self.redis.start()
-        asyncio.run(ensure_topics(self.broker.bootstrap, self.partitions))
+        if self.external is None:
+            self.broker.start()
+            self.redis.start()
+        asyncio.run(ensure_topics(self.bootstrap, self.partitions))
+
+    @property
+    def bootstrap(self) -> str:
+        """Kafka bootstrap servers (`host:port,...`)."""
+        if self.external is not None:
+            return kafka_bootstrap(self.external)
+        return self.broker.bootstrap
+
+    @property
+    def kafka_url(self) -> str:
+        """Kafka URL for HERALD_KAFKA_URL."""
+        return self.external.kafka_url if self.external is not None else self.broker.url
+
+    @property
+    def redis_url(self) -> str:
+        """Redis URL for HERALD_REDIS_URL."""
+        return self.external.redis_url if self.external is not None else self.redis.url
+
+    @property
+    def broker_address(self) -> str:
+        """For messages to people."""
+        return self.bootstrap
 
     @property
     def env(self) -> dict[str, str]:
         """Environment of the role processes."""
         env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARIABLES}
         env.update(self._env_extra)
-        env["HERALD_KAFKA_URL"] = self.broker.url
-        env["HERALD_REDIS_URL"] = self.redis.url
+        env["HERALD_KAFKA_URL"] = self.kafka_url
+        env["HERALD_REDIS_URL"] = self.redis_url
         return env
 
     def spawn(self, role: str) -> subprocess.Popen[bytes]:
@@ -128,8 +154,9 @@ class LocalStack:
         """Everything, roles first."""
         for role in list(self.children):
             self.stop_role(role)
-        self.redis.stop()
-        self.broker.stop()
+        if self.external is None:
+            self.redis.stop()
+            self.broker.stop()
 
     def __enter__(self) -> LocalStack:
         self.start_services()
@@ -181,7 +208,7 @@ class LocalStack:
         """Produce control records (clock, profile) straight onto herald.events."""
         from workers.kafka_sink import KafkaSink
 
-        sink = KafkaSink(self.broker.bootstrap, client_id="herald-stack")
+        sink = KafkaSink(self.bootstrap, client_id="herald-stack")
         await sink.start()
         try:
             for partition, value in records:
