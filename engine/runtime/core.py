@@ -23,7 +23,7 @@ from typing import Any
 from engine.events import Event
 from engine.language.rules import RuleSet
 from engine.localtime import next_cron, zone
-from engine.runtime.deps import ALL, profile_dependencies
+from engine.runtime.deps import ALL, profile_dependencies, reads_time
 from engine.runtime.effects import Count, Effect, Emitted, Failure, Outcome, Trace, iso
 from engine.runtime.ids import firing_entry_id
 from engine.runtime.metrics import CompiledMetric
@@ -59,9 +59,10 @@ class Engine:
         for metric in self.metrics:
             self.metrics_by_event.setdefault(metric.event_type, []).append(metric)
         self.segments = [
-            (name, _condition(seg.when), profile_dependencies(seg.when))
+            (name, _condition(seg.when), profile_dependencies(seg.when), reads_time(seg.when))
             for name, seg in rules.segments.items()
         ]
+        self.time_segments = any(t for _n, _c, _d, t in self.segments)
         self.by_event: dict[str, list[Program]] = {}
         self.by_segment: dict[tuple[str, str], list[Program]] = {}
         self.schedules: list[Program] = []
@@ -179,6 +180,8 @@ class Engine:
         self._check_goals(turn, event, at)
         if changed:
             self.steps.profile_changed(turn, at, changed)
+        else:
+            self.steps.maybe_sweep(turn, at)
         for program in self.by_event.get(event.type, ()):
             if program.trigger_when is not None and not turn.check(
                 program.trigger_when, at, event=event, journey={"id": program.journey.journey}
@@ -249,6 +252,7 @@ class Engine:
 
     def _fire(self, turn: Turn, at: float, kind: str, jid: str) -> None:
         state = turn.state
+        self.steps.maybe_sweep(turn, at)
         program = self.programs.get(jid)
         if kind == "run":
             run = state.runs[jid]
@@ -271,7 +275,7 @@ class Engine:
 
     def segment_reads_time(self, name: str) -> bool:
         """Whether a segment's membership can change with time alone (it reads the clock)."""
-        return any(n == name and ALL in deps for n, _c, deps in self.segments)
+        return any(n == name and (ALL in deps or t) for n, _c, deps, t in self.segments)
 
     def user_zone_name(self, state: UserState, program: Program) -> str:
         """The zone a user's local times are read in (for tools that explain a decision)."""

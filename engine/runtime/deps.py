@@ -11,8 +11,7 @@ from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 ALL = "*"
-# An expression calling these reads the clock: its result can change with no field changing,
-# so it is re-evaluated on every profile change (journeys.md: a change re-evaluates segments).
+# An expression calling these reads the clock: its result can change with no field changing.
 TIME_NAMES = frozenset({"now", "ago", "days_since", "within", "datetime"})
 _ENV = ImmutableSandboxedEnvironment()
 
@@ -50,13 +49,17 @@ def profile_dependencies(source: str) -> frozenset[str]:
                 inner = inner.node
             claimed.add(id(inner))
     for name_node in tree.find_all(nodes.Name):
-        if name_node.name in TIME_NAMES:
-            return frozenset({ALL})
         if name_node.name == "profile" and id(name_node) not in claimed:
             return frozenset({ALL})
     if "metrics" in found:
         found.add(ALL)
     return frozenset(found)
+
+
+def reads_time(source: str) -> bool:
+    """Whether the expression's result can change with time alone."""
+    tree = _ENV.parse("{{ (" + source + ") }}")
+    return any(n.name in TIME_NAMES for n in tree.find_all(nodes.Name))
 
 
 def affected(deps: frozenset[str], changed: set[str]) -> bool:

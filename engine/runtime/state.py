@@ -74,7 +74,8 @@ class UserState:
     - `activity`: last counted activity per inactivity journey; `idle_fired`: those fired;
     - `dates`: per date journey, [next firing, the attribute value it was computed from];
     - `recent`: the last event ids applied (a replayed event is recognised and skipped);
-    - `offset`: the last input offset applied, kept by the shell to skip replays exactly.
+    - `offset`: the last input offset applied, kept by the shell to skip replays exactly;
+    - `swept_at`: when segments that read the clock were last re-checked for this user.
     """
 
     user_id: str
@@ -91,6 +92,7 @@ class UserState:
     recent: list[str] = field(default_factory=list)
     offset: int = -1
     wake_at: float | None = None
+    swept_at: float | None = None
 
     def to_doc(self) -> dict[str, Any]:
         """A JSON-ready dict with empty parts left out (most users have no runs at all)."""
@@ -121,6 +123,8 @@ class UserState:
             doc["o"] = self.offset
         if self.wake_at is not None:
             doc["w"] = self.wake_at
+        if self.swept_at is not None:
+            doc["sw"] = self.swept_at
         return doc
 
     @classmethod
@@ -141,6 +145,7 @@ class UserState:
             recent=doc.get("re") or [],
             offset=doc.get("o", -1),
             wake_at=doc.get("w"),
+            swept_at=doc.get("sw"),
         )
 
     def remember_event(self, event_id: str) -> bool:

@@ -26,6 +26,9 @@ from engine.unsubscribe import unsubscribe_url
 if TYPE_CHECKING:
     from engine.runtime.core import Engine
 
+# Segments that read the clock are re-checked when a field they read changes, at schedule
+# firings, and otherwise at most this often as a user's inputs move time on.
+SWEEP_INTERVAL_S = 3600.0
 ADDRESS_FIELDS = {"email": "email", "sms": "phone", "wechat": "wechat_openid"}
 MAX_DEPTH = 8
 
@@ -187,6 +190,12 @@ class StepRunner:
             self.sync_dates(turn, at)
         self.refresh_segments(turn, at, changed)
 
+    def maybe_sweep(self, turn: Turn, at: float) -> None:
+        """Re-check clock-reading segments if the user's time moved on enough since last time."""
+        swept = turn.state.swept_at
+        if self.engine.time_segments and (swept is None or at - swept >= SWEEP_INTERVAL_S):
+            self.refresh_segments(turn, at, set())
+
     def refresh_segments(self, turn: Turn, at: float, changed: set[str] | None = None) -> None:
         """Recompute memberships the change can affect; entering or leaving fires triggers."""
         engine = self.engine
@@ -195,8 +204,14 @@ class StepRunner:
         state = turn.state
         before = set(state.segments)
         now_in: list[str] = []
-        for name, condition, deps in engine.segments:
-            if changed is not None and not affected(deps, changed):
+        sweep = changed is None or (
+            engine.time_segments
+            and (state.swept_at is None or at - state.swept_at >= SWEEP_INTERVAL_S)
+        )
+        if sweep:
+            state.swept_at = at
+        for name, condition, deps, clock in engine.segments:
+            if changed is not None and not (clock and sweep) and not affected(deps, changed):
                 if name in before:
                     now_in.append(name)
             elif turn.check(condition, at, journey={"id": f"segment:{name}"}):
