@@ -89,15 +89,18 @@ class Engine:
         for program in self.dated:
             deps |= {program.journey.trigger.date.attribute, "timezone"}  # type: ignore[union-attr]
         self.date_deps = frozenset(deps)
+        self.dates_version = "|".join(sorted(f"{p.journey.journey}:{p.version}" for p in self.dated))
         self.steps = StepRunner(self)
 
     # ------------------------------------------------------------------ inputs
 
     def _begin(self, state: UserState, now: datetime) -> Turn:
         turn = Turn(self, state, now.timestamp())
-        if self.dated and self.steps.dates_stale(state):
+        if self.dated and state.dates_version != self.dates_version:
             # A date journey was added or changed since this user's firings were computed.
             self.steps.sync_dates(turn, turn.now)
+            state.dates_version = self.dates_version
+            turn.trust_wake = False
         return turn
 
     def handle_event(self, state: UserState, event: Event, now: datetime) -> Outcome:
@@ -108,15 +111,13 @@ class Engine:
             return self._finish(turn)
         ts = event.timestamp.timestamp()
         at = min(max(ts, turn.now - self.lateness), turn.now)
-        self._advance(turn, at, inclusive=False)
+        self._advance(turn, at, inclusive=False, cached=True)
         self.apply_event(turn, event, at)
-        self._advance(turn, turn.now, inclusive=True)
         return self._finish(turn)
 
     def handle_tick(self, state: UserState, now: datetime) -> Outcome:
         """Fire everything of this user that is due at or before `now`."""
         turn = self._begin(state, now)
-        self._advance(turn, turn.now, inclusive=True)
         return self._finish(turn)
 
     def handle_schedule(
@@ -135,7 +136,6 @@ class Engine:
             if segment in state.segments:
                 entry = {"type": "schedule", "timestamp": iso(at), "properties": {}}
                 self.steps.try_start(turn, program, firing_entry_id("schedule", at), at, entry)
-        self._advance(turn, turn.now, inclusive=True)
         return self._finish(turn)
 
     def handle_profile(self, state: UserState, traits: dict[str, Any], now: datetime) -> Outcome:
@@ -145,7 +145,6 @@ class Engine:
         changed = self.steps.merge_traits(turn, traits)
         if changed:
             self.steps.profile_changed(turn, turn.now, changed)
-        self._advance(turn, turn.now, inclusive=True)
         return self._finish(turn)
 
     def schedule_times(
@@ -242,7 +241,15 @@ class Engine:
                 best = (due, "idle", jid)
         return best
 
-    def _advance(self, turn: Turn, until: float, *, inclusive: bool) -> None:
+    def _advance(
+        self, turn: Turn, until: float, *, inclusive: bool, cached: bool = False
+    ) -> None:
+        """Fire due items up to `until`. `cached`: trust the wake time the last input stored
+        (valid when nothing changed since: the start of an input whose dates are current)."""
+        if cached and turn.trust_wake:
+            wake = turn.state.wake_at
+            if wake is None or wake > until or (wake == until and not inclusive):
+                return
         for _ in range(MAX_DUE_PER_INPUT):
             due = self.next_due(turn.state)
             if due is None or due[0] > until or (due[0] == until and not inclusive):
@@ -269,8 +276,15 @@ class Engine:
                 self.steps.try_start(turn, program, firing_entry_id("inactivity", at), at, entry)
 
     def _finish(self, turn: Turn) -> Outcome:
-        due = self.next_due(turn.state)
-        turn.state.wake_at = due[0] if due else None
+        """Fire what became due by `now` (a timer set in the past fires at once), then store
+        the next wake time."""
+        for _ in range(MAX_DUE_PER_INPUT):
+            due = self.next_due(turn.state)
+            if due is None or due[0] > turn.now:
+                turn.state.wake_at = due[0] if due else None
+                return Outcome(turn.state, turn.effects)
+            self._fire(turn, *due)
+        turn.failure(turn.now, "", "", "too many due items in one input; the rest wait")
         return Outcome(turn.state, turn.effects)
 
     def segment_reads_time(self, name: str) -> bool:

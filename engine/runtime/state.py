@@ -93,6 +93,7 @@ class UserState:
     offset: int = -1
     wake_at: float | None = None
     swept_at: float | None = None
+    dates_version: str = ""
 
     def to_doc(self) -> dict[str, Any]:
         """A JSON-ready dict with empty parts left out (most users have no runs at all)."""
@@ -125,6 +126,8 @@ class UserState:
             doc["w"] = self.wake_at
         if self.swept_at is not None:
             doc["sw"] = self.swept_at
+        if self.dates_version:
+            doc["dv"] = self.dates_version
         return doc
 
     @classmethod
@@ -146,6 +149,7 @@ class UserState:
             offset=doc.get("o", -1),
             wake_at=doc.get("w"),
             swept_at=doc.get("sw"),
+            dates_version=doc.get("dv", ""),
         )
 
     def remember_event(self, event_id: str) -> bool:

@@ -53,6 +53,7 @@ class Turn:
     """The working set of one input."""
 
     __slots__ = (
+        "trust_wake",
         "_base",
         "_event_ctx",
         "_view",
@@ -70,6 +71,7 @@ class Turn:
         self.now = now
         self.effects: list[Effect] = []
         self.depth = 0
+        self.trust_wake = True
         self._view: dict[str, Any] | None = None
         self._view_at = 0.0
         self._base: dict[str, Any] | None = None
@@ -249,14 +251,6 @@ class StepRunner:
                 state.profile.get(spec.attribute), spec.offset, spec.at, tz, utc(at)
             )
             state.dates[jid] = [when.timestamp() if when else None, key]
-
-    def dates_stale(self, state: UserState) -> bool:
-        """Whether a date journey is new or changed since this user's firings were computed."""
-        for program in self.engine.dated:
-            entry = state.dates.get(program.journey.journey)
-            if entry is None or not entry[1].startswith(_date_signature(program) + "|"):
-                return True
-        return False
 
     def fire_date(self, turn: Turn, jid: str, at: float) -> None:
         """A date trigger is due: start the run and arm next year's firing."""
