@@ -85,8 +85,13 @@ async def _wait_until(
     raise TimeoutError(f"{what} did not finish within {timeout:.0f} s")
 
 
-async def load_profiles(stack: LocalStack, users: int, prefix: str) -> None:
-    """Give every benchmark user a profile (addresses, locale) before traffic starts."""
+async def load_profiles(
+    stack: LocalStack, users: int, prefix: str, *, wait: bool = True
+) -> None:
+    """Give every benchmark user a profile (addresses, locale) before traffic starts; with
+    `wait`, return only once the processor applied them, so no phase times that work."""
+    client = aioredis.Redis.from_url(stack.redis_url)
+    before = (await _stats(client)).get("inputs", 0)
     now = time.time()
     by_partition: dict[int, list[dict[str, Any]]] = {}
     for i in range(users):
@@ -99,6 +104,13 @@ async def load_profiles(stack: LocalStack, users: int, prefix: str) -> None:
         for j in range(0, len(items), 2000):
             records.append((p, control("profile", now, profiles=items[j : j + 2000])))
     await stack.send_controls(records)
+
+    async def applied() -> bool:
+        return (await _stats(client)).get("inputs", 0) - before >= users
+
+    if wait:
+        await _wait_until(applied, 600, "loading profiles", stack)
+    await client.aclose()
 
 
 def _renamed(events: list[Event], prefix: str) -> list[Event]:
@@ -224,7 +236,7 @@ async def processor_drain(
     stack.stop_role("api")
     stack.stop_role("dispatcher")
     stack.stop_role("processor")
-    await load_profiles(stack, users, "u")
+    await load_profiles(stack, users, "u", wait=False)
     starts = await end_offsets(stack.bootstrap, stack.partitions)
     events = list(synthetic_events(count, users, seed=3))
     produced = time.perf_counter()

@@ -63,6 +63,13 @@ class Engine:
             for name, seg in rules.segments.items()
         ]
         self.time_segments = any(t for _n, _c, _d, t in self.segments)
+        self.metrics_by_name = {metric.name: metric for metric in self.metrics}
+        self.segments_reading_all = {n for n, _c, d, _t in self.segments if ALL in d}
+        self.segments_reading_time = {n for n, _c, _d, t in self.segments if t}
+        self.segments_by_field: dict[str, set[str]] = {}
+        for name, _c, segment_deps, _t in self.segments:
+            for dep in segment_deps:
+                self.segments_by_field.setdefault(dep, set()).add(name)
         self.by_event: dict[str, list[Program]] = {}
         self.by_segment: dict[tuple[str, str], list[Program]] = {}
         self.schedules: list[Program] = []

@@ -15,9 +15,10 @@ from engine.errors import TemplateRenderError
 from engine.events import Event
 from engine.expressions import Condition, build_context
 from engine.localtime import QuietHours, next_date_trigger, next_local_time, zone
-from engine.runtime.deps import affected
+from engine.runtime.deps import ALL, affected
 from engine.runtime.effects import Count, Effect, Emitted, Failure, Message, Trace, iso
 from engine.runtime.ids import emitted_event_id, firing_entry_id, message_id, split_point
+from engine.runtime.metrics import CompiledMetric
 from engine.runtime.program import Node, Program
 from engine.runtime.state import Run, UserState
 from engine.templates import compile_inline, render_value
@@ -47,6 +48,36 @@ def user_zone(state: UserState, program: Program) -> tzinfo:
         except ValueError:
             pass
     return zone(program.journey.timezone)
+
+
+class MetricsView(dict[str, Any]):
+    """`profile.metrics`, computed on first read: most inputs read none or one of them."""
+
+    __slots__ = ("_at", "_metrics", "_state")
+
+    def __init__(self, metrics: dict[str, CompiledMetric], state: dict[str, Any], at: float) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._state = state
+        self._at = at
+
+    def __missing__(self, name: str) -> Any:
+        metric = self._metrics.get(name)
+        if metric is None:
+            raise KeyError(name)
+        value = self[name] = metric.value(self._state.get(name), self._at)
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        """dict.get does not consult __missing__; conditions read metrics through get."""
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def materialise(self) -> dict[str, Any]:
+        """Every metric (for templates that iterate, and for serialisation)."""
+        return {name: self[name] for name in self._metrics}
 
 
 class Turn:
@@ -89,9 +120,7 @@ class Turn:
             view = dict(state.profile)
             view["user_id"] = state.user_id
             view.setdefault("tags", [])
-            view["metrics"] = {
-                m.name: m.value(state.metrics.get(m.name), at) for m in self.engine.metrics
-            }
+            view["metrics"] = MetricsView(self.engine.metrics_by_name, state.metrics, at)
             view["segments"] = list(state.segments)
             self._view, self._view_at = view, at
             self._base = None
@@ -204,16 +233,26 @@ class StepRunner:
         if not engine.segments:
             return
         state = turn.state
-        before = set(state.segments)
-        now_in: list[str] = []
         sweep = changed is None or (
             engine.time_segments
             and (state.swept_at is None or at - state.swept_at >= SWEEP_INTERVAL_S)
         )
         if sweep:
             state.swept_at = at
-        for name, condition, deps, clock in engine.segments:
-            if changed is not None and not (clock and sweep) and not affected(deps, changed):
+        if changed is None or ALL in changed:
+            check = None  # everything
+        else:
+            check = set(engine.segments_reading_all)
+            for name in changed:
+                check.update(engine.segments_by_field.get(name, ()))
+            if sweep:
+                check.update(engine.segments_reading_time)
+            if not check:
+                return
+        before = set(state.segments)
+        now_in: list[str] = []
+        for name, condition, _deps, _clock in engine.segments:
+            if check is not None and name not in check:
                 if name in before:
                     now_in.append(name)
             elif turn.check(condition, at, journey={"id": f"segment:{name}"}):
