@@ -85,9 +85,7 @@ async def _wait_until(
     raise TimeoutError(f"{what} did not finish within {timeout:.0f} s")
 
 
-async def load_profiles(
-    stack: LocalStack, users: int, prefix: str, *, wait: bool = True
-) -> None:
+async def load_profiles(stack: LocalStack, users: int, prefix: str, *, wait: bool = True) -> None:
     """Give every benchmark user a profile (addresses, locale) before traffic starts; with
     `wait`, return only once the processor applied them, so no phase times that work."""
     client = aioredis.Redis.from_url(stack.redis_url)

@@ -260,7 +260,7 @@ class BatchProcessor:
         failed: dict[int, Exception] = {}
         while True:
             state = UserState.from_doc(loaded) if loaded else UserState(user_id)
-            old_wake, old_segments = state.wake_at, set(state.segments)
+            old_segments = set(state.segments)
             outcomes: list[tuple[Input, Outcome]] = []
             try:
                 for item in inputs:
@@ -305,9 +305,15 @@ class BatchProcessor:
             self._collect(outcome, partition, actions, report)
         if loaded is None:
             write.new_users.append(user_id)
+        indexed = state.indexed_wake
+        wake = state.wake_at
+        # The timer index may hold a time EARLIER than the real one (an early tick finds
+        # nothing due and corrects it), never a later one. So a wake that moved later (the
+        # usual case: activity pushes an inactivity timer out) costs no write.
+        if ticked or (wake is not None and (indexed is None or wake < indexed)):
+            write.wakes[user_id] = wake
+            state.indexed_wake = wake
         write.docs[user_id] = orjson.dumps(state.to_doc())
-        if ticked or state.wake_at != old_wake:
-            write.wakes[user_id] = state.wake_at
         new_segments = set(state.segments)
         for name in new_segments - old_segments:
             write.segments_added.setdefault(name, []).append(user_id)

@@ -96,7 +96,9 @@ class Engine:
         for program in self.dated:
             deps |= {program.journey.trigger.date.attribute, "timezone"}  # type: ignore[union-attr]
         self.date_deps = frozenset(deps)
-        self.dates_version = "|".join(sorted(f"{p.journey.journey}:{p.version}" for p in self.dated))
+        self.dates_version = "|".join(
+            sorted(f"{p.journey.journey}:{p.version}" for p in self.dated)
+        )
         self.steps = StepRunner(self)
 
     # ------------------------------------------------------------------ inputs
@@ -248,9 +250,7 @@ class Engine:
                 best = (due, "idle", jid)
         return best
 
-    def _advance(
-        self, turn: Turn, until: float, *, inclusive: bool, cached: bool = False
-    ) -> None:
+    def _advance(self, turn: Turn, until: float, *, inclusive: bool, cached: bool = False) -> None:
         """Fire due items up to `until`. `cached`: trust the wake time the last input stored
         (valid when nothing changed since: the start of an input whose dates are current)."""
         if cached and turn.trust_wake:

@@ -11,6 +11,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RECENT_EVENT_IDS = 32
+# Attributes stored only when non-empty, and their short keys in the stored document.
+_DOC_KEYS = (
+    ("profile", "p"),
+    ("metrics", "m"),
+    ("segments", "sg"),
+    ("ended", "x"),
+    ("goals", "g"),
+    ("sends", "sn"),
+    ("activity", "a"),
+    ("idle_fired", "i"),
+    ("dates", "d"),
+    ("recent", "re"),
+    ("dates_version", "dv"),
+)
 
 
 @dataclass(slots=True)
@@ -75,7 +89,9 @@ class UserState:
     - `dates`: per date journey, [next firing, the attribute value it was computed from];
     - `recent`: the last event ids applied (a replayed event is recognised and skipped);
     - `offset`: the last input offset applied, kept by the shell to skip replays exactly;
-    - `swept_at`: when segments that read the clock were last re-checked for this user.
+    - `swept_at`: when segments that read the clock were last re-checked for this user;
+    - `indexed_wake`: the time the shell's timer index holds for this user (it may be earlier
+      than `wake_at`, never later; the core does not read it).
     """
 
     user_id: str
@@ -94,40 +110,25 @@ class UserState:
     wake_at: float | None = None
     swept_at: float | None = None
     dates_version: str = ""
+    indexed_wake: float | None = None
 
     def to_doc(self) -> dict[str, Any]:
         """A JSON-ready dict with empty parts left out (most users have no runs at all)."""
         doc: dict[str, Any] = {"u": self.user_id}
-        if self.profile:
-            doc["p"] = self.profile
-        if self.metrics:
-            doc["m"] = self.metrics
-        if self.segments:
-            doc["sg"] = self.segments
+        for attr, key in _DOC_KEYS:
+            value = getattr(self, attr)
+            if value:
+                doc[key] = value
         if self.runs:
             doc["r"] = {j: run.to_doc() for j, run in self.runs.items()}
-        if self.ended:
-            doc["x"] = self.ended
-        if self.goals:
-            doc["g"] = self.goals
-        if self.sends:
-            doc["sn"] = self.sends
-        if self.activity:
-            doc["a"] = self.activity
-        if self.idle_fired:
-            doc["i"] = self.idle_fired
-        if self.dates:
-            doc["d"] = self.dates
-        if self.recent:
-            doc["re"] = self.recent
         if self.offset >= 0:
             doc["o"] = self.offset
         if self.wake_at is not None:
             doc["w"] = self.wake_at
         if self.swept_at is not None:
             doc["sw"] = self.swept_at
-        if self.dates_version:
-            doc["dv"] = self.dates_version
+        if self.indexed_wake is not None:
+            doc["iw"] = self.indexed_wake
         return doc
 
     @classmethod
@@ -150,6 +151,7 @@ class UserState:
             wake_at=doc.get("w"),
             swept_at=doc.get("sw"),
             dates_version=doc.get("dv", ""),
+            indexed_wake=doc.get("iw"),
         )
 
     def remember_event(self, event_id: str) -> bool:

@@ -55,7 +55,9 @@ class MetricsView(dict[str, Any]):
 
     __slots__ = ("_at", "_metrics", "_state")
 
-    def __init__(self, metrics: dict[str, CompiledMetric], state: dict[str, Any], at: float) -> None:
+    def __init__(
+        self, metrics: dict[str, CompiledMetric], state: dict[str, Any], at: float
+    ) -> None:
         super().__init__()
         self._metrics = metrics
         self._state = state
@@ -84,7 +86,6 @@ class Turn:
     """The working set of one input."""
 
     __slots__ = (
-        "trust_wake",
         "_base",
         "_event_ctx",
         "_view",
@@ -94,6 +95,7 @@ class Turn:
         "engine",
         "now",
         "state",
+        "trust_wake",
     )
 
     def __init__(self, engine: Engine, state: UserState, now: float) -> None:
