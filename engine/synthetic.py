@@ -26,6 +26,7 @@ MIX: tuple[tuple[str, float], ...] = (
     ("message.clicked", 0.02),
     ("app_open", 0.025),
 )
+PRODUCTS = ("Tea set", "Linen shirt", "Trail boots", "Candle", "Headphones", "Rice cooker")
 PATHS = ("/", "/blog", "/docs", "/pricing", "/about", "/careers", "/p/1", "/p/2", "/p/3", "/cart")
 LOCALES = ("en-US", "zh-CN", "en-GB")
 ZONES = ("UTC", "Asia/Shanghai", "America/New_York", "Europe/London")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -35,6 +36,14 @@ def configure_logging(role: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper collections: after start-up almost every object lives for a batch only,
+    and the long-lived ones (rules, compiled templates, modules) need not be scanned again."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def run_role(role: str, settings: Settings) -> int:
     """Run one role in this process until stopped (SIGTERM/SIGINT)."""
     configure_logging(role)
@@ -46,6 +55,7 @@ def run_role(role: str, settings: Settings) -> int:
 
         service = ProcessorService(settings, event_time=event_time)
         app = create_processor_app(settings, service)
+        tune_gc()
         faust.Worker(
             app, loglevel="WARNING", quiet=True, redirect_stdouts=False
         ).execute_from_commandline()
@@ -57,6 +67,7 @@ def run_role(role: str, settings: Settings) -> int:
 
         dispatcher = DispatcherService(settings)
         dapp = create_dispatcher_app(settings, dispatcher)
+        tune_gc()
         faust.Worker(
             dapp, loglevel="WARNING", quiet=True, redirect_stdouts=False
         ).execute_from_commandline()

@@ -50,6 +50,11 @@ def sent(partition: int, message_id: str) -> str:
     return f"{PREFIX}:{{{partition}}}:msg:{message_id}"
 
 
+def owners() -> str:
+    """Hash: partition -> the processor (host:pid) that owned it at its last heartbeat."""
+    return f"{PREFIX}:owners"
+
+
 def stats(name: str) -> str:
     """Cluster-wide counters for `herald status` (not on the hot path's critical slot)."""
     return f"{PREFIX}:stats:{name}"

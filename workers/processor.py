@@ -124,6 +124,7 @@ class BatchReport:
     counts: Counter[tuple[str, tuple[tuple[str, str], ...]]] = field(default_factory=Counter)
     events_by_type: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    failures: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
 
 class BatchProcessor:
@@ -199,6 +200,8 @@ class BatchProcessor:
         report.redis_ops += sum(w.op_count() for w in writes.values())
         report.actions = len(actions)
         report.dead_letters = len(letters)
+        for (journey, step, reason), n in report.failures.most_common(5):
+            log.warning("%d step failure(s): journey=%s step=%s: %s", n, journey, step, reason)
         return report
 
     @staticmethod
@@ -349,10 +352,7 @@ class BatchProcessor:
             elif isinstance(effect, Count):
                 report.counts[(effect.metric, effect.labels)] += 1
             elif isinstance(effect, Failure):
-                log.warning(
-                    "step failed: journey=%s step=%s reason=%s",
-                    effect.journey,
-                    effect.step,
-                    effect.reason,
-                )
+                # Logged per batch (below), not per failure: a broken template would otherwise
+                # flood the log at event rate.
+                report.failures[(effect.journey, effect.step, effect.reason[:200])] += 1
                 report.counts[("herald_step_failures_total", (("journey", effect.journey),))] += 1

@@ -11,6 +11,8 @@ One agent takes batches of records from the partitions this worker owns and hand
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import logging
 import time
 from typing import Any
@@ -29,7 +31,7 @@ from workers.topics import EVENTS, ensure_topics
 
 log = logging.getLogger(__name__)
 
-BATCH_RECORDS = 500
+BATCH_RECORDS = 64
 BATCH_WITHIN_S = 0.005
 TICK_CHUNK = 500
 TICK_RETRY_S = 30.0
@@ -175,10 +177,18 @@ class ProcessorService:
             }
         self.telemetry.timers_pending.set(pending)
 
+    async def heartbeat(self, partitions: list[int]) -> None:
+        """Record which partitions this process owns (for `herald status` and the tests)."""
+        if not self._started.is_set() or not partitions:
+            return
+        me = f"{socket.gethostname()}:{os.getpid()}"
+        await self.store.client.hset(keys.owners(), mapping=dict.fromkeys(map(str, partitions), me))
+
     async def fire_schedules(self, partitions: list[int]) -> None:
         """Hand each schedule firing to the segment's members, once per partition."""
         if not self._started.is_set():
             return
+        await self.heartbeat(partitions)
         engine = self.processor.engine
         for program in engine.schedules:
             jid = program.journey.journey
