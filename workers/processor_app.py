@@ -11,9 +11,9 @@ One agent takes batches of records from the partitions this worker owns and hand
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
-import logging
 import time
 from typing import Any
 

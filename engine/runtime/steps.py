@@ -160,11 +160,13 @@ class Turn:
         *,
         event: Event | dict[str, Any] | None = None,
         journey: dict[str, Any] | None = None,
+        owner: str = "",
     ) -> bool:
-        """Evaluate a condition; a run-time error makes it false and is counted."""
+        """Evaluate a condition; a run-time error makes it false and is counted (under
+        `owner`, or the journey's id)."""
         ok, error = condition.test(self.context(at, event=event, journey=journey))
         if error is not None:
-            jid = (journey or {}).get("id", "")
+            jid = owner or (journey or {}).get("id", "")
             self.count("herald_condition_errors_total", journey=jid)
             self.trace(at, jid, "", f"condition {condition.source!r} failed: {error}")
         return ok
@@ -257,7 +259,7 @@ class StepRunner:
             if check is not None and name not in check:
                 if name in before:
                     now_in.append(name)
-            elif turn.check(condition, at, journey={"id": f"segment:{name}"}):
+            elif turn.check(condition, at, owner=f"segment:{name}"):
                 now_in.append(name)
         if set(now_in) == before:
             return

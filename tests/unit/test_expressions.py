@@ -108,7 +108,10 @@ def test_missing_event_and_journey_read_as_none() -> None:
     ],
 )
 def test_conditions(source: str, profile: dict[str, Any] | None, expected: bool) -> None:
-    assert compile_condition(source).test(ctx(profile)) == (expected, None)
+    condition = compile_condition(source)
+    assert condition.uses_fast_path
+    assert condition.test(ctx(profile)) == (expected, None)
+    assert condition.jinja_only().test(ctx(profile)) == (expected, None)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +138,9 @@ def test_conditions(source: str, profile: dict[str, Any] | None, expected: bool)
     ],
 )
 def test_time_helpers_use_the_context_now(source: str, expected: Any) -> None:
-    assert compile_expression_value(source).eval(ctx()) == expected
+    value = compile_expression_value(source)
+    assert value.eval(ctx()) == expected
+    assert value.jinja_only().eval(ctx()) == expected
 
 
 def test_ago_returns_an_aware_moment() -> None:
@@ -149,8 +154,41 @@ def test_ago_returns_an_aware_moment() -> None:
 def test_helpers_work_on_a_hand_made_context() -> None:
     # Callers that skip build_context (tests, tools) still get the helpers and a naive-safe now.
     plain = {"now": NOW, "profile": {"last_seen": "2026-04-30T12:00:00+00:00"}}
-    assert compile_expression_value("days_since(profile.last_seen)").eval(plain) == 1.0
-    assert compile_condition("within(profile.last_seen, '2d')").test(plain) == (True, None)
+    naive = {"now": NOW.replace(tzinfo=None), "profile": plain["profile"]}
+    for context in (plain, naive):
+        value = compile_expression_value("days_since(profile.last_seen)")
+        assert value.eval(context) == value.jinja_only().eval(context) == 1.0
+        condition = compile_condition("within(profile.last_seen, '2d')")
+        assert condition.test(context) == condition.jinja_only().test(context) == (True, None)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        # the clock is only needed, and only missed, when there is a timestamp to compare
+        ("days_since(profile.nothing) is none", (True, None)),
+        ("within(profile.nothing, '1d')", (False, None)),
+        ("datetime(profile.last_seen) is not none", (True, None)),
+        ("days_since(profile.last_seen) > 1", (False, "ValueError: the context has no 'now'")),
+        ("within(profile.last_seen, '1d')", (False, "ValueError: the context has no 'now'")),
+        ("ago('1d') < profile.last_seen", (False, "ValueError: the context has no 'now'")),
+    ],
+)
+def test_helpers_without_now(source: str, expected: tuple[bool, str | None]) -> None:
+    context = {"profile": {"last_seen": "2026-04-30T12:00:00+00:00"}}
+    condition = compile_condition(source)
+    assert condition.test(context) == condition.jinja_only().test(context) == expected
+
+
+def test_jinja_only_is_the_same_condition_without_the_fast_path() -> None:
+    condition = compile_condition("profile.country == 'CN'")
+    reference = condition.jinja_only()
+    assert condition.uses_fast_path and not reference.uses_fast_path
+    assert reference.source == condition.source
+    assert reference.test(ctx()) == (True, None)
+    value = compile_expression_value("profile.country")
+    assert value.uses_fast_path and not value.jinja_only().uses_fast_path
+    assert value.jinja_only().eval(ctx()) == "CN"
 
 
 @pytest.mark.parametrize(
@@ -168,15 +206,23 @@ def test_helpers_work_on_a_hand_made_context() -> None:
     ],
 )
 def test_runtime_errors_make_the_condition_false_and_say_why(source: str, fragment: str) -> None:
-    result, error = compile_condition(source).test(ctx())
+    condition = compile_condition(source)
+    result, error = condition.test(ctx())
     assert result is False
     assert error is not None and fragment in error
+    assert condition.jinja_only().test(ctx()) == (result, error)
     assert PROFILE["tags"] == ["vip", "newsletter"]
 
 
 def test_value_expression_raises_template_render_error() -> None:
-    with pytest.raises(TemplateRenderError, match="TypeError"):
-        compile_expression_value("profile.age + 1").eval(ctx())
+    value = compile_expression_value("profile.age + 1")
+    for expr in (value, value.jinja_only()):
+        with pytest.raises(TemplateRenderError, match="unsupported operand") as info:
+            expr.eval(ctx())
+        assert str(info.value) == (
+            "expression 'profile.age + 1' failed: TypeError: unsupported operand type(s) for +:"
+            " 'NoneType' and 'int'"
+        )
 
 
 @pytest.mark.parametrize(
@@ -256,5 +302,10 @@ def test_simple_condition_cost() -> None:
     context = ctx()
     assert condition.test(context) == (True, None)
     number = 20_000
+    reference = condition.jinja_only()
     best = min(timeit.repeat(lambda: condition.test(context), number=number, repeat=3))
-    print(f"\nsimple condition: {best / number * 1e6:.2f} µs per evaluation")
+    slow = min(timeit.repeat(lambda: reference.test(context), number=number, repeat=3))
+    print(
+        f"\nsimple condition: {best / number * 1e6:.2f} µs per evaluation"
+        f" ({slow / number * 1e6:.2f} µs through Jinja)"
+    )
