@@ -32,8 +32,14 @@ async def _run(stack: LocalStack) -> tuple[dict[str, str], dict[str, int], float
         for i in range(EVENTS):
             user = f"s{(i * 7919) % USERS}"
             counts[user] += 1
-            batch.append({"event_id": f"scale-{i}", "type": "page_view", "user_id": user,
-                          "properties": {"path": "/blog"}})
+            batch.append(
+                {
+                    "event_id": f"scale-{i}",
+                    "type": "page_view",
+                    "user_id": user,
+                    "properties": {"path": "/blog"},
+                }
+            )
             if len(batch) == 300:
                 await stack.post_events(http, batch)
                 batch = []
