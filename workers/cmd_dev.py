@@ -122,26 +122,15 @@ async def replay(
     echo: bool = True,
 ) -> list[dict[str, Any]]:
     """Feed a recorded stream in event time and collect the outbox (demo and tests)."""
-    from workers.records import control
-
     start = min(e.timestamp for e in events).timestamp()
     until = max(e.timestamp for e in events).timestamp() + 7 * 86400
     await stack.wait_ready()
-    controls = [(p, control("clock", start)) for p in range(stack.partitions)]
-    by_partition: dict[int, list[dict[str, Any]]] = {}
-    for user, traits in profiles:
-        by_partition.setdefault(stack.partition_of(user), []).append(
-            {"user_id": user, "traits": traits}
-        )
-    controls += [
-        (p, control("profile", start, profiles=items)) for p, items in by_partition.items()
-    ]
-    await stack.send_controls(controls)
+    await stack.start_replay(start, profiles)
     async with aiohttp.ClientSession() as http:
         answer = await stack.post_events(http, [e.to_json_dict() for e in events])
         if echo:
             print(f"POST /v1/events -> {answer}")
-    await stack.send_controls([(p, control("clock", until)) for p in range(stack.partitions)])
+    await stack.advance_clock(until)
     return await _tail(stack, expected_count, timeout, echo)
 
 

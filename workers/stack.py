@@ -216,6 +216,28 @@ class LocalStack:
         finally:
             await sink.stop()
 
+    async def start_replay(
+        self, start: float, profiles: Iterable[tuple[str, dict[str, Any]]] = ()
+    ) -> None:
+        """Event-time replays begin here: every partition's clock at `start`, then the
+        profiles imported (without activity), each on its user's partition."""
+        from workers.records import control
+
+        controls = [(p, control("clock", start)) for p in range(self.partitions)]
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        for user, traits in profiles:
+            by_partition.setdefault(self.partition_of(user), []).append(
+                {"user_id": user, "traits": traits}
+            )
+        controls += [(p, control("profile", start, profiles=v)) for p, v in by_partition.items()]
+        await self.send_controls(controls)
+
+    async def advance_clock(self, until: float) -> None:
+        """Move every partition's event-time clock to `until` (timers up to it fire)."""
+        from workers.records import control
+
+        await self.send_controls([(p, control("clock", until)) for p in range(self.partitions)])
+
     def partition_of(self, user_id: str) -> int:
         """The partition Kafka's default partitioner gives a user."""
         return partition_for(user_id.encode(), self.partitions)

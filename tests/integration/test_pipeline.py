@@ -29,7 +29,6 @@ from engine.simulate import Simulation
 from engine.synthetic import synthetic_events, user_traits
 from workers.cmd_dev import compare, replay
 from workers.cmd_simulate import read_events, read_profiles, simulate_lines
-from workers.records import control
 from workers.stack import LocalStack
 from workers.topics import DLQ, EVENTS
 
@@ -75,14 +74,7 @@ async def _feed_with_crashes(
     start = min(e.timestamp for e in events).timestamp()
     until = max(e.timestamp for e in events).timestamp() + 7 * 86400
     await stack.wait_ready()
-    controls = [(p, control("clock", start)) for p in range(stack.partitions)]
-    by_partition: dict[int, list[dict[str, Any]]] = {}
-    for user, traits in profiles:
-        by_partition.setdefault(stack.partition_of(user), []).append(
-            {"user_id": user, "traits": traits}
-        )
-    controls += [(p, control("profile", start, profiles=v)) for p, v in by_partition.items()]
-    await stack.send_controls(controls)
+    await stack.start_replay(start, profiles)
     rng = random.Random(20261122)
     batches = [events[i : i + 200] for i in range(0, len(events), 200)]
     next_crash = time.monotonic() + rng.uniform(2, 4)
@@ -102,7 +94,7 @@ async def _feed_with_crashes(
                 stack.redis.restart(hard=True)
                 crashes.append("redis")
                 redis_restarted = True
-    await stack.send_controls([(p, control("clock", until)) for p in range(stack.partitions)])
+    await stack.advance_clock(until)
 
 
 @pytest.mark.slow
