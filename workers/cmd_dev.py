@@ -26,7 +26,7 @@ import aiohttp
 from engine.events import Event
 from workers.cmd_run import Supervisor
 from workers.config import Settings
-from workers.services import EmbeddedBroker, EmbeddedRedis
+from workers.services import EmbeddedBroker, EmbeddedRedis, sigterm_as_interrupt
 from workers.stack import LocalStack
 from workers.topics import ensure_topics
 
@@ -59,6 +59,7 @@ def worker_env(
 def run(args: argparse.Namespace) -> int:
     """`herald dev`."""
     settings = Settings()
+    sigterm_as_interrupt()
     state_dir = Path(settings.state_dir)
     partitions = int(getattr(args, "partitions", None) or settings.partitions)
     with embedded_services(state_dir / "dev") as (broker, redis):
@@ -99,6 +100,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     events = read_events(events_path, None)
     profiles = read_profiles(profiles_path) if has_profiles else []
+    sigterm_as_interrupt()
     state_dir = Path(settings.state_dir) / "demo"
     shutil.rmtree(state_dir, ignore_errors=True)
     begun = time.monotonic()

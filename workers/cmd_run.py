@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from workers.config import Settings
+from workers.services import sigterm_as_interrupt, terminate_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,9 @@ class Supervisor:
     def spawn(self, role: str) -> subprocess.Popen[bytes]:
         """Start one role as `python -m workers.cli run --role ROLE`."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "run", "--role", role], env=self.env
+            [sys.executable, "-m", "workers.cli", "run", "--role", role],
+            env=self.env,
+            preexec_fn=terminate_with_parent,
         )
         self.children[role] = proc
         return proc
@@ -125,6 +128,7 @@ class Supervisor:
 
 def run_all(env: Mapping[str, str] | None = None) -> int:
     """Supervise one process per role until Ctrl-C or a child dies."""
+    sigterm_as_interrupt()
     supervisor = Supervisor(env)
     supervisor.start()
     try:

@@ -120,6 +120,24 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # type: ignore[operator]
 
 
+def terminate_with_parent() -> None:
+    """preexec_fn for Herald's own role processes: killed when their supervisor dies, so
+    `herald dev` ended by anything never leaves workers behind. SIGKILL, not SIGTERM: a faust
+    worker whose broker is already gone can hang in its graceful shutdown, and a worker is
+    built to be killed at any instant without losing or repeating anything."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # type: ignore[operator]
+
+
+def sigterm_as_interrupt() -> None:
+    """Treat SIGTERM like Ctrl-C in a foreground supervisor, so its cleanup always runs."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @atexit.register
 def _stop_all_live() -> None:
     for service in list(_live):

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from workers.config import Settings, kafka_bootstrap
-from workers.services import EmbeddedBroker, EmbeddedRedis, free_port
+from workers.services import EmbeddedBroker, EmbeddedRedis, free_port, terminate_with_parent
 from workers.topics import ensure_topics, partition_for
 
 ROLES = ("processor", "dispatcher", "api")
@@ -112,6 +112,7 @@ class LocalStack:
             env=self.env,
             stdout=log or out,
             stderr=log or out,
+            preexec_fn=terminate_with_parent,
         )
         self.children.setdefault(role, []).append(proc)
         return proc
