@@ -259,10 +259,11 @@ class BatchProcessor:
         letters: list[DeadLetter],
         report: BatchReport,
     ) -> None:
-        loaded = orjson.loads(doc) if doc else None
         failed: dict[int, Exception] = {}
         while True:
-            state = UserState.from_doc(loaded) if loaded else UserState(user_id)
+            # Parsed afresh on every attempt: the core updates the state in place, so a retry
+            # must not start from a document an earlier attempt already changed.
+            state = UserState.from_doc(orjson.loads(doc)) if doc else UserState(user_id)
             old_segments = set(state.segments)
             outcomes: list[tuple[Input, Outcome]] = []
             try:
@@ -306,7 +307,7 @@ class BatchProcessor:
                 report.events += 1
                 report.events_by_type[item.event.type] += 1
             self._collect(outcome, partition, actions, report)
-        if loaded is None:
+        if doc is None:
             write.new_users.append(user_id)
         indexed = state.indexed_wake
         wake = state.wake_at
