@@ -50,8 +50,11 @@ async def soak(stack: LocalStack, minutes: float, rate: float) -> list[tuple[flo
             await stack.post_events(http, batch)
             if time.monotonic() >= next_sample:
                 samples.append((time.monotonic() - begun, rss_mib(pid)))
-                print(f"{samples[-1][0]:6.0f} s  {sent:9d} events  processor RSS "
-                      f"{samples[-1][1]:7.1f} MiB", flush=True)
+                print(
+                    f"{samples[-1][0]:6.0f} s  {sent:9d} events  processor RSS "
+                    f"{samples[-1][1]:7.1f} MiB",
+                    flush=True,
+                )
                 next_sample += 30
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - begun - second)))
     return samples
@@ -65,8 +68,10 @@ def main() -> None:
         samples = asyncio.run(soak(stack, minutes, rate))
     steady = [rss for at, rss in samples if at >= 60]
     if steady:
-        print(f"after warm-up: min {min(steady):.1f} MiB, max {max(steady):.1f} MiB, "
-              f"last {steady[-1]:.1f} MiB over {len(steady)} samples")
+        print(
+            f"after warm-up: min {min(steady):.1f} MiB, max {max(steady):.1f} MiB, "
+            f"last {steady[-1]:.1f} MiB over {len(steady)} samples"
+        )
 
 
 if __name__ == "__main__":

@@ -113,6 +113,15 @@ def create_dispatcher_app(settings: Settings, service: DispatcherService) -> Any
     async def deliver(stream: Any) -> None:
         async for batch in stream.take_events(BATCH_RECORDS, within=BATCH_WITHIN_S):
             await service.handle([e.message.value for e in batch])
+            for e in batch:
+                p, offset = e.message.partition, e.message.offset
+                done[p] = max(done.get(p, -1), offset)
+
+    done: dict[int, int] = {}
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def _lag() -> None:
+        service.telemetry.report_lag(app, ACTIONS, done)
 
     @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def _shutdown(_app: Any, **_kwargs: Any) -> None:

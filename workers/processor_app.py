@@ -60,6 +60,7 @@ class ProcessorService:
         self.metrics_port: int | None = None
         self._metrics_runner: Any = None
         self._in_flight: dict[tuple[int, str], tuple[float, float]] = {}
+        self.done_offsets: dict[int, int] = {}
 
     async def start(self) -> None:
         """Connect the producer and serve /metrics (idempotent)."""
@@ -84,6 +85,9 @@ class ProcessorService:
     async def handle(self, records: list[Record]) -> None:
         """Process a batch; infrastructure failures are retried until they pass, never skipped."""
         await self.start()
+        for record in records:
+            if record.offset > self.done_offsets.get(record.partition, -1):
+                self.done_offsets[record.partition] = record.offset
         delay = 0.05
         while True:
             try:
@@ -278,6 +282,7 @@ def create_processor_app(settings: Settings, service: ProcessorService) -> Any:
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def _schedules() -> None:
         await service.fire_schedules(owned_partitions(app, EVENTS))
+        service.telemetry.report_lag(app, EVENTS, service.done_offsets)
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def _rules() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter as TallyCounter
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -88,6 +89,24 @@ class Telemetry:
                 metric.labels(**dict(labels)).inc(amount)
             except ValueError:
                 log.debug("metric %s got unexpected labels %s", name, labels)
+
+    def report_lag(self, app: Any, topic: str, done: dict[int, int]) -> None:
+        """herald_consumer_lag per owned partition: the fetch high watermark minus the next
+        offset to process (Tansu's ListOffsets is unreliable; the fetch watermark is not)."""
+        try:
+            assignment = app.consumer.assignment()
+        except Exception:  # not started, or rebalancing
+            return
+        for tp in assignment:
+            if tp.topic != topic:
+                continue
+            high = app.consumer.highwater(tp)
+            if high is None:
+                continue
+            next_offset = done.get(tp.partition, -1) + 1
+            self.lag.labels(topic=topic, partition=str(tp.partition)).set(
+                max(0, high - next_offset)
+            )
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
