@@ -66,11 +66,13 @@ def synthetic_events(
         if kind == "page_view":
             props = {"path": rng.choice(PATHS)}
         elif kind in ("cart_add", "product_view"):
+            price = rng.randrange(5, 300)
             props = {
                 "sku": f"SKU-{rng.randrange(500)}",
-                "name": "Item",
-                "value": rng.randrange(5, 300),
-                "price": rng.randrange(5, 300),
+                "product_name": PRODUCTS[rng.randrange(len(PRODUCTS))],
+                "value": price,
+                "price": price,
+                "currency": "USD",
             }
         elif kind == "purchase":
             props = {"order_id": f"o-{i}", "amount": rng.randrange(10, 900), "currency": "USD"}

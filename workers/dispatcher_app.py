@@ -13,6 +13,7 @@ from workers import stats
 from workers.config import Settings, kafka_bootstrap, make_faust_app
 from workers.dispatcher import Dispatcher, DispatchReport
 from workers.kafka_sink import KafkaSink
+from workers.periodic import logged
 from workers.telemetry import Telemetry, serve_metrics
 from workers.topics import ACTIONS, ensure_topics
 
@@ -28,7 +29,9 @@ class DispatcherService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=60, socket_connect_timeout=5
+        )
         self.sink = KafkaSink(kafka_bootstrap(settings), client_id="herald-dispatcher")
         self.telemetry = Telemetry()
         self.dispatcher: Dispatcher | None = None
@@ -121,7 +124,8 @@ def create_dispatcher_app(settings: Settings, service: DispatcherService) -> Any
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def _lag() -> None:
-        service.telemetry.report_lag(app, ACTIONS, done)
+        with logged("lag report"):
+            service.telemetry.report_lag(app, ACTIONS, done)
 
     @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def _shutdown(_app: Any, **_kwargs: Any) -> None:

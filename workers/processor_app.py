@@ -22,6 +22,7 @@ from engine.runtime.steps import utc
 from workers import keys, stats
 from workers.config import Settings, kafka_bootstrap, make_faust_app
 from workers.kafka_sink import KafkaSink
+from workers.periodic import logged
 from workers.processor import BatchProcessor, BatchReport, Clock, EventClock, Record, WallClock
 from workers.records import control
 from workers.rules_watch import RulesWatcher
@@ -275,18 +276,23 @@ def create_processor_app(settings: Settings, service: ProcessorService) -> Any:
             ]
             await service.handle(records)
 
+    # An exception escaping a faust timer crashes the whole worker: each loop logs and waits
+    # for its next round instead (Redis restarting, the broker rebalancing, ...).
     @app.timer(interval=0.1)  # type: ignore[untyped-decorator]
     async def _timers() -> None:
-        await service.fire_timers(owned_partitions(app, EVENTS))
+        with logged("timer loop"):
+            await service.fire_timers(owned_partitions(app, EVENTS))
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def _schedules() -> None:
-        await service.fire_schedules(owned_partitions(app, EVENTS))
-        service.telemetry.report_lag(app, EVENTS, service.done_offsets)
+        with logged("schedule loop"):
+            await service.fire_schedules(owned_partitions(app, EVENTS))
+            service.telemetry.report_lag(app, EVENTS, service.done_offsets)
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def _rules() -> None:
-        service.reload()
+        with logged("rules reload"):
+            service.reload()
 
     @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
     async def _shutdown(_app: Any, **_kwargs: Any) -> None:

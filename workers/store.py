@@ -84,7 +84,13 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
         """A store with its own connection pool."""
-        return cls(aioredis.Redis.from_url(url, decode_responses=False))
+        # A generous read timeout: a large batch's MULTI under `appendfsync always` can keep a
+        # busy Redis for a while, and a timeout there is retried, not lost, but costs a batch.
+        return cls(
+            aioredis.Redis.from_url(
+                url, decode_responses=False, socket_timeout=60, socket_connect_timeout=5
+            )
+        )
 
     async def close(self) -> None:
         """Release connections."""

@@ -83,6 +83,11 @@ async def _feed_with_crashes(
         for index, batch in enumerate(batches):
             await stack.post_events(http, [e.to_json_dict() for e in batch])
             await asyncio.sleep(0.15)
+            dead = stack.dead_role()
+            if dead is not None:  # a role that died on its own (not by our SIGKILL) is a bug
+                crashes.append(f"died:{dead}")
+                stack.kill(dead)
+                stack.spawn(dead)
             if time.monotonic() >= next_crash:
                 role = rng.choice(["processor", "dispatcher"])
                 await asyncio.sleep(rng.uniform(0, 0.3))  # a random moment mid-batch
@@ -109,6 +114,7 @@ def test_crashes_lose_nothing_and_send_nothing_twice(tmp_path: Path) -> None:
         stack.start_roles()
         asyncio.run(_feed_with_crashes(stack, events, profiles, crashes))
         # One more of each, while the final timers drain.
+        assert stack.dead_role() is None, "a role died on its own"
         for role in ("processor", "dispatcher"):
             time.sleep(1.0)
             stack.kill(role)
@@ -127,6 +133,7 @@ def test_crashes_lose_nothing_and_send_nothing_twice(tmp_path: Path) -> None:
     ids = Counter(line["message_id"] for line in lines)
     assert crashes.count("processor") >= 2 and crashes.count("dispatcher") >= 2, crashes
     assert crashes.count("redis") == 1
+    assert [c for c in crashes if c.startswith("died:")] == []
     duplicates = [mid for mid, n in ids.items() if n > 1]
     by_id = {line["message_id"]: line for line in lines}
     unexpected = [
