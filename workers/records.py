@@ -17,7 +17,7 @@ a replayed record (at-least-once delivery) is recognised per user and skipped ex
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -113,8 +113,3 @@ def _control(doc: dict[str, Any], base: int, raw: bytes) -> list[Input | Rejecte
 def control(kind: str, at: float, **fields: Any) -> bytes:
     """Encode a control record."""
     return orjson.dumps({CONTROL_KEY: kind, "at": at, **fields})
-
-
-def utc(ts: float) -> datetime:
-    """Epoch seconds as an aware datetime."""
-    return datetime.fromtimestamp(ts, UTC)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from engine.events import Event
+from engine.expressions import compile_condition
 from engine.language.rules import RuleSet
 from engine.localtime import next_cron, zone
 from engine.runtime.deps import ALL, profile_dependencies, reads_time
@@ -29,7 +30,7 @@ from engine.runtime.ids import firing_entry_id
 from engine.runtime.metrics import CompiledMetric
 from engine.runtime.program import Program, compile_journey
 from engine.runtime.state import Run, UserState
-from engine.runtime.steps import StepRunner, Turn, user_zone
+from engine.runtime.steps import StepRunner, Turn
 
 MAX_DUE_PER_INPUT = 10_000
 
@@ -59,7 +60,12 @@ class Engine:
         for metric in self.metrics:
             self.metrics_by_event.setdefault(metric.event_type, []).append(metric)
         self.segments = [
-            (name, _condition(seg.when), profile_dependencies(seg.when), reads_time(seg.when))
+            (
+                name,
+                compile_condition(seg.when),
+                profile_dependencies(seg.when),
+                reads_time(seg.when),
+            )
             for name, seg in rules.segments.items()
         ]
         self.time_segments = any(t for _n, _c, _d, t in self.segments)
@@ -297,21 +303,6 @@ class Engine:
     def segment_reads_time(self, name: str) -> bool:
         """Whether a segment's membership can change with time alone (it reads the clock)."""
         return any(n == name and (ALL in deps or t) for n, _c, deps, t in self.segments)
-
-    def user_zone_name(self, state: UserState, program: Program) -> str:
-        """The zone a user's local times are read in (for tools that explain a decision)."""
-        return str(user_zone(state, program))
-
-
-def _condition(source: str) -> Any:
-    from engine.expressions import compile_condition
-
-    return compile_condition(source)
-
-
-def utc(ts: float) -> datetime:
-    """Epoch seconds to an aware UTC datetime."""
-    return datetime.fromtimestamp(ts, UTC)
 
 
 __all__ = [
