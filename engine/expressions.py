@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, date, timedelta
 from datetime import datetime as _datetime
 from types import FunctionType as _FunctionType
-from typing import Any
+from typing import Any, Self
 
 from jinja2 import nodes, pass_context
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
@@ -356,13 +356,9 @@ _TRUE: tuple[bool, None] = (True, None)
 _FALSE: tuple[bool, None] = (False, None)
 
 
-class Condition:
-    """A compiled condition; `test` never raises.
-
-    `fast` is the closure built by `engine.fastexpr` when the expression stays inside the
-    subset it reproduces exactly; Jinja evaluates everything else, and whatever the fast path
-    hands back (`NeedsJinja`).
-    """
+class _Compiled:
+    """An expression compiled twice: by Jinja (the reference) and, when it stays inside the
+    subset `engine.fastexpr` reproduces exactly, to a closure tried first."""
 
     __slots__ = ("_fast", "_root", "source")
 
@@ -373,12 +369,23 @@ class Condition:
 
     @property
     def uses_fast_path(self) -> bool:
-        """Whether `test` tries the compiled closure before Jinja."""
+        """Whether evaluation tries the compiled closure before Jinja."""
         return self._fast is not None
 
-    def jinja_only(self) -> Condition:
-        """The same condition evaluated by Jinja alone: the reference the fast path must match."""
-        return Condition(self.source, self._root)
+    def jinja_only(self) -> Self:
+        """The same expression evaluated by Jinja alone: the reference the fast path matches."""
+        return type(self)(self.source, self._root)
+
+
+class Condition(_Compiled):
+    """A compiled condition; `test` never raises.
+
+    `fast` is the closure built by `engine.fastexpr` when the expression stays inside the
+    subset it reproduces exactly; Jinja evaluates everything else, and whatever the fast path
+    hands back (`NeedsJinja`).
+    """
+
+    __slots__ = ()
 
     def test(self, ctx: Mapping[str, Any]) -> tuple[bool, str | None]:
         """(truthiness of the value, None) or (False, short error) for a run-time failure.
@@ -406,24 +413,10 @@ class Condition:
         return f"Condition({self.source!r})"
 
 
-class ValueExpr:
+class ValueExpr(_Compiled):
     """A compiled expression evaluated for its value (None when undefined)."""
 
-    __slots__ = ("_fast", "_root", "source")
-
-    def __init__(self, source: str, root: _Root, fast: _Fast | None = None) -> None:
-        self.source = source
-        self._root = root
-        self._fast = fast
-
-    @property
-    def uses_fast_path(self) -> bool:
-        """Whether `eval` tries the compiled closure before Jinja."""
-        return self._fast is not None
-
-    def jinja_only(self) -> ValueExpr:
-        """The same expression evaluated by Jinja alone."""
-        return ValueExpr(self.source, self._root)
+    __slots__ = ()
 
     def eval(self, ctx: Mapping[str, Any]) -> Any:
         """The value; raises TemplateRenderError so a failure is recorded, not swallowed."""
