@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from engine.events import Event
 from engine.runtime.state import UserState
 
 
+@lru_cache(maxsize=8192)
 def iso(ts: float) -> str:
-    """The spec's time format: ISO 8601 with an explicit +00:00."""
+    """The spec's time format: ISO 8601 with an explicit +00:00 (cached: one input formats
+    the same instant for its entry context, ids and journey context several times)."""
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
