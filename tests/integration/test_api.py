@@ -13,10 +13,8 @@ import contextlib
 import functools
 import gzip
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,10 +22,10 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from engine.errors import ServiceError
-from engine.events import PACK_KEY, Event, decode_record
+from engine.events import PACK_KEY, Event
+from tests.integration.kafka_reading import Record, events_of, read_topic
 from workers.api import create_app, post_event, run_api
 from workers.config import Settings
 from workers.producer import EventProducer
@@ -38,13 +36,6 @@ from workers.topics import DLQ, EVENTS, ensure_topics, partition_for
 PARTITIONS = 4
 KEY = "wk_test_123"
 MAX_BODY = 64 * 1024
-
-
-@dataclass
-class Record:
-    partition: int
-    key: bytes | None
-    value: bytes
 
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -103,47 +94,6 @@ Reader = Callable[..., Awaitable[list[Record]]]
 @pytest.fixture
 def read(broker: EmbeddedBroker) -> Reader:
     return functools.partial(read_topic, broker.bootstrap)
-
-
-async def read_topic(
-    bootstrap: str, topic: str, nonce: str, *, expect: int, settle: float = 0.5
-) -> list[Record]:
-    """Records of `topic` that mention `nonce`: waits for `expect` of them, then a bit longer."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()  # loads the metadata partitions_for_topic reads
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        consumer.assign([TopicPartition(topic, p) for p in partitions])
-        await consumer.seek_to_beginning()
-        found: list[Record] = []
-        deadline = time.monotonic() + 15
-        quiet_until: float | None = None
-        needle = nonce.encode()
-        while time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=100)
-            for tp, messages in batches.items():
-                found += [
-                    Record(tp.partition, m.key, m.value) for m in messages if needle in m.value
-                ]
-            if len(found) >= expect and quiet_until is None:
-                quiet_until = time.monotonic() + settle
-            if quiet_until is not None and time.monotonic() >= quiet_until:
-                break
-        return found
-    finally:
-        await consumer.stop()
-
-
-def events_of(records: list[Record]) -> list[Event]:
-    out: list[Event] = []
-    for record in records:
-        for item in decode_record(record.value, received_at=datetime.now(UTC)):
-            assert isinstance(item, Event), item
-            out.append(item)
-    return out
 
 
 def assert_packed_on_predicted_partitions(records: list[Record], partitions: int) -> None:

@@ -12,7 +12,6 @@ import base64
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -20,14 +19,13 @@ from urllib.parse import urlencode
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twilio.request_validator import RequestValidator
 
-from engine.events import Event, decode_record
 from engine.unsubscribe import make_token, unsubscribe_url
+from tests.integration.kafka_reading import Record, events_of, read_topic
 from workers.api import create_app
 from workers.api_webhooks import (
     SENDGRID_SIGNATURE_HEADER,
@@ -53,13 +51,6 @@ class HookSettings(Settings):
     """Settings with the SendGrid webhook key (until `Settings` has the field itself)."""
 
     sendgrid_webhook_public_key: str | None = None
-
-
-@dataclass
-class Record:
-    partition: int
-    key: bytes | None
-    value: bytes
 
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -145,48 +136,6 @@ def read(broker: EmbeddedBroker) -> Reader:
         return await read_topic(broker.bootstrap, topic, nonce, expect=expect, settle=settle)
 
     return reader
-
-
-async def read_topic(
-    bootstrap: str, topic: str, nonce: str, *, expect: int, settle: float
-) -> list[Record]:
-    """Records of `topic` that mention `nonce`: waits for `expect` of them, then `settle` more."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        consumer.assign([TopicPartition(topic, p) for p in partitions])
-        await consumer.seek_to_beginning()
-        found: list[Record] = []
-        deadline = time.monotonic() + 15
-        quiet_until: float | None = None
-        while time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=100)
-            for tp, messages in batches.items():
-                found += [
-                    Record(tp.partition, m.key, m.value)
-                    for m in messages
-                    if nonce.encode() in m.value
-                ]
-            if len(found) >= expect and quiet_until is None:
-                quiet_until = time.monotonic() + settle
-            if quiet_until is not None and time.monotonic() >= quiet_until:
-                break
-        return found
-    finally:
-        await consumer.stop()
-
-
-def events_of(records: list[Record]) -> list[Event]:
-    out: list[Event] = []
-    for record in records:
-        for item in decode_record(record.value, received_at=datetime.now(UTC)):
-            assert isinstance(item, Event), item
-            out.append(item)
-    return out
 
 
 # --------------------------------------------------------------------------- unsubscribe
