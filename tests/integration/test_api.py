@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from engine.errors import ServiceError
 from engine.events import PACK_KEY, Event
+from tests.integration.conftest import API_PARTITIONS
 from tests.integration.kafka_reading import Record, events_of, read_topic
 from workers.api import create_app, post_event, run_api
 from workers.config import Settings
@@ -33,7 +34,7 @@ from workers.services import EmbeddedBroker, free_port
 from workers.telemetry import Telemetry
 from workers.topics import DLQ, EVENTS, ensure_topics, partition_for
 
-PARTITIONS = 4
+PARTITIONS = API_PARTITIONS
 KEY = "wk_test_123"
 MAX_BODY = 64 * 1024
 
@@ -49,17 +50,6 @@ def settings_for(broker: EmbeddedBroker, *, keys: list[str] | None = None) -> Se
         partitions=PARTITIONS,
         _env_file=None,  # type: ignore[call-arg]
     )
-
-
-@pytest.fixture
-async def producer(broker: EmbeddedBroker) -> AsyncIterator[EventProducer]:
-    await ensure_topics(broker.bootstrap, PARTITIONS)
-    p = EventProducer(broker.bootstrap)
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.stop()
 
 
 @pytest.fixture

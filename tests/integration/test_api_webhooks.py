@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twilio.request_validator import RequestValidator
 
 from engine.unsubscribe import make_token, unsubscribe_url
+from tests.integration.conftest import API_PARTITIONS
 from tests.integration.kafka_reading import Record, events_of, read_topic
 from workers.api import create_app
 from workers.api_webhooks import (
@@ -38,9 +39,9 @@ from workers.producer import EventProducer
 from workers.records import Input, decode
 from workers.services import EmbeddedBroker
 from workers.telemetry import Telemetry
-from workers.topics import DLQ, EVENTS, ensure_topics, partition_for
+from workers.topics import DLQ, EVENTS, partition_for
 
-PARTITIONS = 4
+PARTITIONS = API_PARTITIONS
 KEY = "wk_hooks_1"
 SECRET = "unsubscribe-secret-for-tests"
 PUBLIC_URL = "https://herald.example.com"
@@ -96,17 +97,6 @@ def settings_for(broker: EmbeddedBroker, **overrides: Any) -> HookSettings:
     }
     values.update(overrides)
     return HookSettings(**values)
-
-
-@pytest.fixture
-async def producer(broker: EmbeddedBroker) -> AsyncIterator[EventProducer]:
-    await ensure_topics(broker.bootstrap, PARTITIONS)
-    p = EventProducer(broker.bootstrap)
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.stop()
 
 
 @pytest.fixture
