@@ -14,6 +14,7 @@ the dispatcher drops. A crash after 5 replays nothing the states have not record
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
@@ -31,6 +32,10 @@ from workers.records import SEQ_STRIDE, Input, Rejected, decode
 from workers.store import PartitionWrite, StateStore
 
 log = logging.getLogger(__name__)
+
+# Yield to the event loop every so many users, so the acks and writes of partitions already
+# computed make progress while the rest of the batch is.
+YIELD_EVERY_USERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,14 +153,57 @@ class BatchProcessor:
         report = BatchReport()
         wall = self.clock.now()
         received = datetime.fromtimestamp(wall or time.time(), UTC)
-        per_user: dict[tuple[int, str], list[Input]] = defaultdict(list)
         decoded, letters = self._decode(records, received)
         partitions = {p for p, _item in decoded}
-        # Each input's `now`, fixed in record order: in event time a partition's clock is the
-        # newest time among the records before it, whichever user they belong to.
-        nows: dict[tuple[int, int], float] = {}
         if self.clock.event_time:
             await self._load_watermarks(partitions)
+        per_user, nows, first_clock = self._order(decoded, wall, report)
+        users = list(per_user)
+        docs = await self.store.load(users)
+        report.redis_ops += len(users)
+        by_partition: dict[int, list[tuple[str, bytes | None]]] = {p: [] for p in partitions}
+        for (partition, user_id), doc in zip(users, docs, strict=True):
+            by_partition[partition].append((user_id, doc))
+        letters_of: dict[int, list[DeadLetter]] = defaultdict(list)
+        for letter in letters:
+            letters_of[letter.partition].append(letter)
+        # While later partitions are computed, earlier ones' acks and writes are in flight.
+        persisting: list[asyncio.Task[None]] = []
+        for partition in sorted(by_partition.keys() | letters_of.keys()):
+            write = PartitionWrite(partition)
+            if self.clock.event_time and partition in partitions:
+                write.watermark = self.watermarks.get(partition)
+                write.first_watermark = first_clock.get(partition)
+            actions: list[tuple[str, int, bytes]] = []
+            dead = letters_of[partition]
+            for count, (user_id, doc) in enumerate(by_partition.get(partition, ()), 1):
+                inputs = per_user[(partition, user_id)]
+                self._run_user(
+                    partition, user_id, doc, inputs, nows, write, actions, dead, report
+                )
+                if count % YIELD_EVERY_USERS == 0:
+                    await asyncio.sleep(0)
+            persisting.append(asyncio.create_task(self._persist(actions, dead, write, report)))
+            await asyncio.sleep(0)
+        # Every partition's writes settle before this returns, failed or not: a retry of the
+        # batch must not race a write still in flight.
+        for result in await asyncio.gather(*persisting, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+        if self.clock.event_time:
+            for partition in partitions:
+                self.committed_watermarks[partition] = self.watermarks.get(partition, 0.0)
+        for (journey, step, reason), n in report.failures.most_common(5):
+            log.warning("%d step failure(s): journey=%s step=%s: %s", n, journey, step, reason)
+        return report
+
+    def _order(
+        self, decoded: list[tuple[int, Input]], wall: float, report: BatchReport
+    ) -> tuple[dict[tuple[int, str], list[Input]], dict[tuple[int, int], float], dict[int, float]]:
+        """Inputs grouped per user in record order, and each input's `now`: in event time a
+        partition's clock is the newest time among the records before it, whoever they are of."""
+        per_user: dict[tuple[int, str], list[Input]] = defaultdict(list)
+        nows: dict[tuple[int, int], float] = {}
         first_clock: dict[int, float] = {}
         for partition, item in decoded:
             now = self._now_for(partition, item, wall)
@@ -164,45 +212,26 @@ class BatchProcessor:
                 nows[(partition, item.seq)] = now
                 per_user[(partition, item.user_id)].append(item)
                 report.inputs += 1
-        users = list(per_user)
-        docs = await self.store.load(users)
-        report.redis_ops += len(users)
-        actions: list[tuple[str, int, bytes]] = []
-        writes: dict[int, PartitionWrite] = {}
-        for (partition, user_id), doc in zip(users, docs, strict=True):
-            write = writes.get(partition)
-            if write is None:
-                write = writes[partition] = PartitionWrite(partition)
-            self._run_user(
-                partition,
-                user_id,
-                doc,
-                per_user[(partition, user_id)],
-                nows,
-                write,
-                actions,
-                letters,
-                report,
-            )
-        if self.clock.event_time:
-            for partition in partitions:
-                write = writes.setdefault(partition, PartitionWrite(partition))
-                write.watermark = self.watermarks.get(partition)
-                write.first_watermark = first_clock.get(partition)
+        return per_user, nows, first_clock
+
+    async def _persist(
+        self,
+        actions: list[tuple[str, int, bytes]],
+        letters: list[DeadLetter],
+        write: PartitionWrite,
+        report: BatchReport,
+    ) -> None:
+        """One partition's effects in the order exactly-once needs: actions and dead letters
+        acknowledged by the broker first, then the state that records them as done."""
+        report.redis_ops += write.op_count()
+        report.actions += len(actions)
+        report.dead_letters += len(letters)
         if actions:
             await self.sink.send_actions(actions)
         if letters:
             await self.sink.send_dead_letters(letters)
-        await self.store.commit(list(writes.values()))
-        if self.clock.event_time:
-            for partition in partitions:
-                self.committed_watermarks[partition] = self.watermarks.get(partition, 0.0)
-        report.redis_ops += sum(w.op_count() for w in writes.values())
-        report.actions = len(actions)
-        report.dead_letters = len(letters)
-        for (journey, step, reason), n in report.failures.most_common(5):
-            log.warning("%d step failure(s): journey=%s step=%s: %s", n, journey, step, reason)
-        return report
+        if write.op_count():
+            await self.store.commit([write])
 
     @staticmethod
     def _decode(
