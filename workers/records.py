@@ -30,7 +30,7 @@ CONTROL_KEY = "herald_control"
 CONTROL_KINDS = ("tick", "schedule", "profile", "clock")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per event, and a frozen init costs 3x
 class Input:
     """One thing to apply to one user (user_id empty for partition-level clock inputs)."""
 
