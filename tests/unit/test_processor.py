@@ -140,3 +140,41 @@ def test_event_time_clock_follows_record_order_across_users() -> None:
     asyncio.run(bp.process(records))
     assert bp.watermarks[0] == datetime.fromisoformat(late).timestamp()
     assert store.first_clocks[0] == datetime.fromisoformat(late).timestamp()
+
+
+class FlakyStore(MemoryStore):
+    """Fails the first write of one partition, as a Redis restart mid-batch would."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__()
+        self.partition = partition
+        self.failed = False
+
+    async def commit(self, writes: Sequence[Any]) -> None:
+        if not self.failed and any(w.partition == self.partition for w in writes):
+            self.failed = True
+            await asyncio.sleep(0.01)  # the other partitions' writes land meanwhile
+            raise ConnectionError("Redis went away")
+        await super().commit(writes)
+
+
+def test_a_failed_partition_write_fails_the_batch_and_its_retry_loses_and_doubles_nothing() -> None:
+    store, sink = FlakyStore(partition=1), ListSink()
+    bp = BatchProcessor(Engine(RULES), store, sink, WallClock())
+    records = [
+        Record(p, 0, _pack({**IDENTIFY, "user_id": f"u{p}", "event_id": f"id-{p}"},
+                           _event(p, f"u{p}", "signup", "2026-05-01T08:01:00Z")))
+        for p in range(3)
+    ]
+    try:
+        asyncio.run(bp.process(records))
+        raise AssertionError("the batch should have failed")
+    except ConnectionError:
+        pass
+    assert (1, "u1") not in store.docs and {(0, "u0"), (2, "u2")} <= store.docs.keys()
+    report = asyncio.run(bp.process(records))  # the shell retries the same records
+    assert report.skipped == 4 and report.events == 2  # only partition 1's inputs re-applied
+    ids = [a["message_id"] for a in sink.actions]
+    # partition 1's welcome email was produced before its failed write and again on the retry:
+    # the same id both times, which the dispatcher's claim drops.
+    assert len(set(ids)) == 3 and len(ids) == 4
