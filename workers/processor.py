@@ -143,6 +143,7 @@ class BatchProcessor:
         self.watermarks: dict[int, float] = {}
         # Clocks as of the last durable write: what timer and schedule loops may act on.
         self.committed_watermarks: dict[int, float] = {}
+        self._last_instant = (0.0, datetime.fromtimestamp(0.0, UTC))
 
     def reload(self, engine: Engine) -> None:
         """Swap in new rules between batches (the running engine keeps its last good rules)."""
@@ -157,7 +158,7 @@ class BatchProcessor:
         partitions = {p for p, _item in decoded}
         if self.clock.event_time:
             await self._load_watermarks(partitions)
-        per_user, nows, first_clock = self._order(decoded, wall, report)
+        per_user, first_clock = self._order(decoded, wall, report)
         users = list(per_user)
         docs = await self.store.load(users)
         report.redis_ops += len(users)
@@ -179,7 +180,7 @@ class BatchProcessor:
             for count, (user_id, doc) in enumerate(by_partition.get(partition, ()), 1):
                 inputs = per_user[(partition, user_id)]
                 self._run_user(
-                    partition, user_id, doc, inputs, nows, write, actions, dead, report
+                    partition, user_id, doc, inputs, write, actions, dead, report
                 )
                 if count % YIELD_EVERY_USERS == 0:
                     await asyncio.sleep(0)
@@ -199,20 +200,27 @@ class BatchProcessor:
 
     def _order(
         self, decoded: list[tuple[int, Input]], wall: float, report: BatchReport
-    ) -> tuple[dict[tuple[int, str], list[Input]], dict[tuple[int, int], float], dict[int, float]]:
-        """Inputs grouped per user in record order, and each input's `now`: in event time a
+    ) -> tuple[dict[tuple[int, str], list[Input]], dict[int, float]]:
+        """Inputs grouped per user in record order, each with its `now`: in event time a
         partition's clock is the newest time among the records before it, whoever they are of."""
-        per_user: dict[tuple[int, str], list[Input]] = defaultdict(list)
-        nows: dict[tuple[int, int], float] = {}
+        per_user: dict[tuple[int, str], list[Input]] = {}
         first_clock: dict[int, float] = {}
+        event_time = self.clock.event_time
         for partition, item in decoded:
-            now = self._now_for(partition, item, wall)
-            first_clock.setdefault(partition, now)
+            if event_time:
+                item.now = now = self._now_for(partition, item, wall)
+                first_clock.setdefault(partition, now)
+            else:
+                item.now = wall
             if item.kind != "clock":
-                nows[(partition, item.seq)] = now
-                per_user[(partition, item.user_id)].append(item)
-                report.inputs += 1
-        return per_user, nows, first_clock
+                key = (partition, item.user_id)
+                inputs = per_user.get(key)
+                if inputs is None:
+                    per_user[key] = [item]
+                else:
+                    inputs.append(item)
+        report.inputs += sum(map(len, per_user.values()))
+        return per_user, first_clock
 
     async def _persist(
         self,
@@ -276,13 +284,19 @@ class BatchProcessor:
         self.watermarks[partition] = current
         return current
 
+    def _instant(self, now: float) -> datetime:
+        """`now` as the core takes it; in wall-clock mode a whole batch shares one."""
+        cached = self._last_instant
+        if cached[0] != now:
+            cached = self._last_instant = (now, datetime.fromtimestamp(now, UTC))
+        return cached[1]
+
     def _run_user(
         self,
         partition: int,
         user_id: str,
         doc: bytes | None,
         inputs: list[Input],
-        nows: dict[tuple[int, int], float],
         write: PartitionWrite,
         actions: list[tuple[str, int, bytes]],
         letters: list[DeadLetter],
@@ -293,15 +307,14 @@ class BatchProcessor:
             # Parsed afresh on every attempt: the core updates the state in place, so a retry
             # must not start from a document an earlier attempt already changed.
             state = UserState.from_doc(orjson.loads(doc)) if doc else UserState(user_id)
-            old_segments = set(state.segments)
+            old_segments = list(state.segments)
             outcomes: list[tuple[Input, Outcome]] = []
             try:
                 for item in inputs:
                     if item.seq <= state.offset or item.seq in failed:
                         continue
-                    now = datetime.fromtimestamp(nows[(partition, item.seq)], UTC)
                     current = item
-                    outcome = self._apply(state, item, now)
+                    outcome = self._apply(state, item, self._instant(item.now))
                     state = outcome.state
                     state.offset = item.seq
                     outcomes.append((item, outcome))
@@ -347,11 +360,11 @@ class BatchProcessor:
             write.wakes[user_id] = wake
             state.indexed_wake = wake
         write.docs[user_id] = orjson.dumps(state.to_doc())
-        new_segments = set(state.segments)
-        for name in new_segments - old_segments:
-            write.segments_added.setdefault(name, []).append(user_id)
-        for name in old_segments - new_segments:
-            write.segments_removed.setdefault(name, []).append(user_id)
+        if state.segments != old_segments:
+            for name in set(state.segments).difference(old_segments):
+                write.segments_added.setdefault(name, []).append(user_id)
+            for name in set(old_segments).difference(state.segments):
+                write.segments_removed.setdefault(name, []).append(user_id)
 
     def _apply(self, state: UserState, item: Input, now: datetime) -> Outcome:
         engine = self.engine

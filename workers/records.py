@@ -41,6 +41,7 @@ class Input:
     at: float = 0.0
     journey: str = ""
     traits: dict[str, Any] | None = None
+    now: float = 0.0  # when it is applied (set by the processor, in record order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,7 @@ def decode(value: bytes | None, offset: int, received_at: datetime) -> list[Inpu
         except InvalidEvent as exc:
             out.append(Rejected(base + index, exc.reason, exc.detail, orjson.dumps(item)))
             continue
-        out.append(Input(base + index, event.user_id, "event", event=event))
+        out.append(Input(base + index, event.user_id, "event", event))
     return out
 
 
