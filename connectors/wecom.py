@@ -20,8 +20,8 @@ API (https://developer.work.weixin.qq.com/document/path/91039 gettoken,
     when the delivery has a subject and a `meta.url` (a card needs a link), or
   - `text` `{content}`: the body, preceded by the subject and a blank line when there is one.
   Today's `send` steps carry no `meta`, so journeys send text; cards are for producers of
-  actions that add `meta.url`. WeCom cuts text at 2048 bytes (card title 128, description
-  512), so templates for this channel should stay short.
+  actions that add `meta.url`. WeCom cuts text beyond 2048 bytes and a card's title and
+  description beyond 128 and 512 (bytes in older docs, characters in newer ones).
 
 Retries and duplicates: every send asks for WeCom's duplicate check
 (`enable_duplicate_check: 1, duplicate_check_interval: 1800`): WeCom does not deliver a
