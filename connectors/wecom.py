@@ -26,8 +26,9 @@ API (https://developer.work.weixin.qq.com/document/path/91039 gettoken,
 Retries and duplicates: every send asks for WeCom's duplicate check
 (`enable_duplicate_check: 1, duplicate_check_interval: 1800`): WeCom does not deliver a
 request whose JSON is identical to one it accepted from the same app in the last 30 minutes.
-The body is built only from the delivery, so a dispatcher retry after a timeout, or the
-resend after a worker died between the call and its "sent" mark, reaches the member once.
+The body is built only from the delivery, so a dispatcher retry after a timeout (its retries
+span seconds), or the resend after a worker died between the call and its "sent" mark,
+reaches the member once, as WeCom documents it (the emulator cannot prove WeCom honours it).
 It does not cover a resend more than 30 minutes later (that one is delivered again), it is
 keyed on content and not on the message id (two different Herald messages with the same
 text to the same member within 30 minutes: the second is silently dropped), and there is no
