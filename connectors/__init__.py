@@ -6,6 +6,7 @@
     webhook     HTTP calls for the `webhook` channel
     sendgrid    email (official SDK)      twilio   sms (official SDK)
     wechat      WeChat Official Account messages
+    wecom       WeCom (WeChat Work) application messages, the `wecom` channel
     fake        RecordingConnector, the in-memory fake for tests of callers
     errors      UnknownConnector, ConnectorConfigError
 

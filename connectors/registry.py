@@ -15,8 +15,11 @@ built-in channel replaces the built-in provider for it. A mistyped name fails wi
 `UnknownConnector` and a "did you mean".
 
 Channels (runtime.md): email -> SendGrid when `SENDGRID_API_KEY` is set, sms -> Twilio
-when `TWILIO_ACCOUNT_SID` is, wechat -> WeChat when `WECHAT_APP_ID` is, webhook -> the
-webhook connector always; every other channel goes to one shared outbox connector.
+when `TWILIO_ACCOUNT_SID` is, wechat -> WeChat when `WECHAT_APP_ID` is, wecom -> WeCom when
+`WECOM_CORP_ID` is, webhook -> the webhook connector when `HERALD_WEBHOOKS_LIVE` is; every
+other channel goes to one shared outbox connector. `wecom` is a built-in provider rather than
+a plugin because plugins are always built, and WeCom must fall back to the outbox when it is
+not configured, like every other provider.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ BUILTIN_CONNECTORS: Mapping[str, str] = {
     "sendgrid": "connectors.sendgrid:SendGridConnector",
     "twilio": "connectors.twilio:TwilioConnector",
     "wechat": "connectors.wechat:WeChatConnector",
+    "wecom": "connectors.wecom:WeComConnector",
     "recording": "connectors.fake:RecordingConnector",
 }
 # channel -> (connector name, the setting that switches the provider on)
@@ -57,6 +61,7 @@ PROVIDER_CHANNELS: Mapping[str, tuple[str, str]] = {
     "email": ("sendgrid", "sendgrid_api_key"),
     "sms": ("twilio", "twilio_account_sid"),
     "wechat": ("wechat", "wechat_app_id"),
+    "wecom": ("wecom", "wecom_corp_id"),
 }
 
 

@@ -1,4 +1,4 @@
-"""SendGrid, Twilio and WeChat connectors against tiny local emulators of their HTTP APIs.
+"""SendGrid, Twilio, WeChat and WeCom connectors against tiny local emulators of their HTTP APIs.
 
 Each emulator records the request the official SDK (or our client) really sent, so these
 tests check the wire format, the auth, the base-URL override and the error mapping.
@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -20,10 +21,13 @@ import pytest
 from aiohttp import web
 
 from connectors.base import Delivery
+from connectors.registry import ConnectorFactories, build_connectors
 from connectors.sendgrid import SendGridConnector
 from connectors.twilio import TwilioConnector
 from connectors.wechat import WeChatConnector
+from connectors.wecom import WeComConnector
 from engine.errors import ConnectorError
+from workers.config import Settings
 
 ACCOUNT = "AC" + "0" * 32
 
@@ -440,3 +444,228 @@ async def test_wechat_unreachable_is_retryable() -> None:
     finally:
         await connector.close()
     assert caught.value.retryable
+
+
+# -- WeCom ---------------------------------------------------------------------------------------
+
+GETTOKEN = "/cgi-bin/gettoken"
+WECOM_SEND = "/cgi-bin/message/send"
+WECOM_OK = {"errcode": 0, "errmsg": "ok", "invaliduser": "", "msgid": "wc-msg-1"}
+
+
+def wecom_connector(url: str, **kwargs: Any) -> WeComConnector:
+    return WeComConnector("ww-corp", "corp-secret", "1000002", base_url=url, **kwargs)
+
+
+@pytest.fixture
+async def wecom(emulator: Emulator) -> AsyncIterator[WeComConnector]:
+    emulator.defaults[GETTOKEN] = Answer(
+        200, {"errcode": 0, "errmsg": "ok", "access_token": "tok-1", "expires_in": 7200}
+    )
+    emulator.defaults[WECOM_SEND] = Answer(200, WECOM_OK)
+    connector = wecom_connector(emulator.url)
+    await connector.start()
+    yield connector
+    await connector.close()
+
+
+async def test_wecom_text_message_with_a_cached_token(
+    emulator: Emulator, wecom: WeComConnector
+) -> None:
+    receipt = await wecom.send(delivery("wecom", "ZhangSan", subject=None))
+    await wecom.send(delivery("wecom", "LiSi"))
+    assert receipt.provider_id == "wc-msg-1"
+    [token] = emulator.on(GETTOKEN)  # fetched once, then cached
+    assert token.method == "GET"
+    assert token.query == {"corpid": "ww-corp", "corpsecret": "corp-secret"}
+    first, second = emulator.on(WECOM_SEND)
+    assert first.method == "POST" and first.query == {"access_token": "tok-1"}
+    assert first.headers["Content-Type"] == "application/json"
+    assert first.json() == {
+        "touser": "ZhangSan",
+        "agentid": 1000002,
+        "msgtype": "text",
+        "text": {"content": "Hello Ada"},
+        "enable_duplicate_check": 1,
+        "duplicate_check_interval": 1800,
+    }
+    assert second.json()["text"] == {"content": "Hi\n\nHello Ada"}
+
+
+async def test_wecom_textcard_when_there_is_a_subject_and_a_link(
+    emulator: Emulator, wecom: WeComConnector
+) -> None:
+    meta = {"url": "https://shop.example.com/cart", "btntxt": "去看看"}
+    await wecom.send(delivery("wecom", "ZhangSan", meta=meta))
+    sent = emulator.on(WECOM_SEND)[0].json()
+    assert sent["msgtype"] == "textcard" and "text" not in sent
+    assert sent["textcard"] == {
+        "title": "Hi",
+        "description": "Hello Ada",
+        "url": "https://shop.example.com/cart",
+        "btntxt": "去看看",
+    }
+    assert (sent["enable_duplicate_check"], sent["duplicate_check_interval"]) == (1, 1800)
+
+
+async def test_wecom_a_retry_sends_the_same_body(emulator: Emulator, wecom: WeComConnector) -> None:
+    # WeCom's duplicate check compares request JSON, so a retried delivery must match byte
+    # for byte: the first attempt timed out after WeCom may have accepted it.
+    emulator.script(WECOM_SEND, Answer(502, "bad gateway"))
+    with pytest.raises(ConnectorError) as caught:
+        await wecom.send(delivery("wecom", "ZhangSan"))
+    assert caught.value.retryable
+    await wecom.send(delivery("wecom", "ZhangSan"))
+    first, second = emulator.on(WECOM_SEND)
+    assert first.body == second.body
+
+
+@pytest.mark.parametrize("code", [42001, 40014, 40001])
+async def test_wecom_refreshes_a_rejected_token_once(
+    emulator: Emulator, wecom: WeComConnector, code: int
+) -> None:
+    emulator.script(GETTOKEN, Answer(200, {"errcode": 0, "access_token": "tok-old"}))
+    emulator.script(WECOM_SEND, Answer(200, {"errcode": code, "errmsg": "access_token expired"}))
+    receipt = await wecom.send(delivery("wecom", "ZhangSan"))
+    assert receipt.provider_id == "wc-msg-1"
+    assert [s.query["access_token"] for s in emulator.on(WECOM_SEND)] == ["tok-old", "tok-1"]
+    assert len(emulator.on(GETTOKEN)) == 2
+
+
+async def test_wecom_token_rejected_twice_is_retryable(
+    emulator: Emulator, wecom: WeComConnector
+) -> None:
+    expired = Answer(200, {"errcode": 42001, "errmsg": "access_token expired"})
+    emulator.script(WECOM_SEND, expired, expired)
+    with pytest.raises(ConnectorError, match="42001") as caught:
+        await wecom.send(delivery("wecom", "ZhangSan"))
+    assert caught.value.retryable
+    assert len(emulator.on(WECOM_SEND)) == 2 and len(emulator.on(GETTOKEN)) == 2
+
+
+async def test_wecom_token_expiry_is_honoured(emulator: Emulator) -> None:
+    now = [1000.0]
+    emulator.defaults[GETTOKEN] = Answer(
+        200, {"errcode": 0, "access_token": "t", "expires_in": 7200}
+    )
+    emulator.defaults[WECOM_SEND] = Answer(200, WECOM_OK)
+    connector = wecom_connector(emulator.url, clock=lambda: now[0])
+    try:
+        await connector.send(delivery("wecom", "u"))
+        now[0] += 7200 - 301  # still outside the five-minute refresh margin
+        await connector.send(delivery("wecom", "u"))
+        assert len(emulator.on(GETTOKEN)) == 1
+        now[0] += 2
+        await connector.send(delivery("wecom", "u"))
+        assert len(emulator.on(GETTOKEN)) == 2
+    finally:
+        await connector.close()
+
+
+async def test_wecom_concurrent_sends_fetch_one_token(emulator: Emulator) -> None:
+    emulator.defaults[GETTOKEN] = Answer(
+        200, {"errcode": 0, "access_token": "tok", "expires_in": 7200}, delay=0.2
+    )
+    emulator.defaults[WECOM_SEND] = Answer(200, WECOM_OK)
+    connector = wecom_connector(emulator.url)
+    try:
+        await asyncio.gather(*(connector.send(delivery("wecom", f"u{i}")) for i in range(8)))
+    finally:
+        await connector.close()
+    assert len(emulator.on(GETTOKEN)) == 1 and len(emulator.on(WECOM_SEND)) == 8
+
+
+@pytest.mark.parametrize(
+    ("answer", "field"),
+    [
+        ({"errcode": 0, "errmsg": "ok", "invaliduser": "zhangsan", "msgid": "m"}, "invaliduser"),
+        ({"errcode": 0, "invaliduser": "", "unlicenseduser": "zhangsan"}, "unlicenseduser"),
+    ],
+)
+async def test_wecom_recipient_refused_in_an_ok_answer_is_permanent(
+    emulator: Emulator, wecom: WeComConnector, answer: dict[str, Any], field: str
+) -> None:
+    # WeCom lower-cases the userids it lists; ours is ZhangSan.
+    emulator.script(WECOM_SEND, Answer(200, answer))
+    with pytest.raises(ConnectorError, match=field) as caught:
+        await wecom.send(delivery("wecom", "ZhangSan"))
+    assert not caught.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("answer", "retryable"),
+    [
+        (Answer(200, {"errcode": -1, "errmsg": "system busy"}), True),
+        (Answer(200, {"errcode": 45009, "errmsg": "api freq out of limit"}), True),
+        (Answer(200, {"errcode": 45033, "errmsg": "api concurrent out of limit"}), True),
+        (Answer(200, {"errcode": 81013, "errmsg": "user & party & tag all invalid"}), False),
+        (Answer(200, {"errcode": 60020, "errmsg": "not allow to access from your ip"}), False),
+        (Answer(200, {"errcode": 301002, "errmsg": "not allow operate another agent"}), False),
+        (Answer(503, "unavailable"), True),
+        (Answer(400, "bad request"), False),
+        (Answer(200, "<html>not json</html>"), True),
+    ],
+)
+async def test_wecom_errors(
+    emulator: Emulator, wecom: WeComConnector, answer: Answer, retryable: bool
+) -> None:
+    emulator.script(WECOM_SEND, answer)
+    with pytest.raises(ConnectorError) as caught:
+        await wecom.send(delivery("wecom", "ZhangSan"))
+    assert caught.value.retryable is retryable
+    assert len(emulator.on(WECOM_SEND)) == 1  # the dispatcher, not the connector, retries
+
+
+@pytest.mark.parametrize(
+    ("answer", "retryable"),
+    [
+        (Answer(200, {"errcode": 40001, "errmsg": "invalid secret"}), False),
+        (Answer(200, {"errcode": 40013, "errmsg": "invalid corpid"}), False),
+        (Answer(200, {"errcode": -1, "errmsg": "system busy"}), True),
+        (Answer(200, {"errcode": 0, "errmsg": "ok"}), False),  # no token in it
+    ],
+)
+async def test_wecom_gettoken_failures(emulator: Emulator, answer: Answer, retryable: bool) -> None:
+    emulator.defaults[GETTOKEN] = answer
+    connector = wecom_connector(emulator.url)
+    try:
+        with pytest.raises(ConnectorError, match="gettoken") as caught:
+            await connector.send(delivery("wecom", "ZhangSan"))
+    finally:
+        await connector.close()
+    assert caught.value.retryable is retryable
+    assert emulator.on(WECOM_SEND) == []
+
+
+async def test_wecom_unreachable_is_retryable() -> None:
+    connector = wecom_connector(free_url())
+    try:
+        with pytest.raises(ConnectorError) as caught:
+            await connector.send(delivery("wecom", "ZhangSan"))
+    finally:
+        await connector.close()
+    assert caught.value.retryable
+
+
+async def test_wecom_settings_route_the_wecom_channel_to_the_emulator(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.defaults[GETTOKEN] = Answer(200, {"errcode": 0, "access_token": "tok-s"})
+    emulator.defaults[WECOM_SEND] = Answer(200, WECOM_OK)
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        outbox=tmp_path / "outbox.jsonl",
+        WECOM_CORP_ID="ww-env",
+        WECOM_CORP_SECRET="env-secret",
+        WECOM_AGENT_ID="42",
+        WECOM_BASE_URL=emulator.url,
+    )
+    connectors = build_connectors(settings, factories=ConnectorFactories(discover=lambda g: []))
+    await connectors.start()
+    try:
+        receipt = await connectors.connector_for("wecom").send(delivery("wecom", "ZhangSan"))
+    finally:
+        await connectors.close()
+    assert receipt.provider_id == "wc-msg-1"
+    assert emulator.on(GETTOKEN)[0].query == {"corpid": "ww-env", "corpsecret": "env-secret"}
+    assert emulator.on(WECOM_SEND)[0].json()["agentid"] == 42

@@ -22,6 +22,7 @@ from connectors.fake import RecordingConnector
 from connectors.outbox import OUTBOX_FIELDS, OutboxConnector
 from connectors.registry import ConnectorFactories, Connectors, build_connectors
 from connectors.webhook import WebhookConnector
+from connectors.wecom import WeComConnector, build_message
 from engine.errors import ConnectorError, HeraldError
 from workers.config import Settings
 
@@ -431,12 +432,98 @@ def test_registry_imports_providers_lazily(tmp_path: Path) -> None:
         "from connectors.registry import build_connectors\n"
         "from workers.config import Settings\n"
         f"build_connectors(Settings(_env_file=None, outbox={str(tmp_path / 'o.jsonl')!r},"
-        " SENDGRID_API_KEY=None, TWILIO_ACCOUNT_SID=None, WECHAT_APP_ID=None))\n"
-        "loaded = [m for m in ('twilio', 'sendgrid', 'connectors.twilio') if m in sys.modules]\n"
+        " SENDGRID_API_KEY=None, TWILIO_ACCOUNT_SID=None, WECHAT_APP_ID=None,"
+        " WECOM_CORP_ID=None))\n"
+        "providers = ('twilio', 'sendgrid', 'connectors.twilio', 'connectors.wecom')\n"
+        "loaded = [m for m in providers if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDGRID", "TWILIO"))}
+    prefixes = ("SENDGRID", "TWILIO", "WECOM")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)
+
+
+def test_registry_wecom_channel_follows_wecom_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = ConnectorFactories(discover=lambda group: [])
+    for name in ("WECHAT_APP_ID", "SENDGRID_API_KEY", "TWILIO_ACCOUNT_SID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WECOM_CORP_ID", "ww-corp")
+    monkeypatch.setenv("WECOM_CORP_SECRET", "s3cret")
+    monkeypatch.setenv("WECOM_AGENT_ID", "1000002")
+    monkeypatch.setenv("WECOM_BASE_URL", "http://127.0.0.1:9/")
+    built = build_connectors(Settings(_env_file=None, outbox=tmp_path / "o.jsonl"), factories=table)
+    assert built.describe() == {"wecom": "wecom", "*": "outbox"}
+    wecom = built.connector_for("wecom")
+    assert isinstance(wecom, WeComConnector)
+    assert (wecom.corp_id, wecom.agent_id, wecom.base_url) == (
+        "ww-corp",
+        1000002,
+        "http://127.0.0.1:9",
+    )
+    # WeCom userids are not openids: the wechat channel keeps its own rule (outbox here).
+    assert built.connector_for("wechat") is built.outbox
+
+    monkeypatch.delenv("WECOM_CORP_ID")
+    bare = build_connectors(Settings(_env_file=None, outbox=tmp_path / "o.jsonl"), factories=table)
+    assert bare.connector_for("wecom") is bare.outbox
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({"wecom_corp_id": "ww"}, "WECOM_CORP_SECRET, WECOM_AGENT_ID"),
+        ({"wecom_corp_id": "ww", "wecom_corp_secret": "s"}, "needs WECOM_AGENT_ID"),
+        (
+            {"wecom_corp_id": "ww", "wecom_corp_secret": "s", "wecom_agent_id": "app-2"},
+            "integer id, not 'app-2'",
+        ),
+    ],
+)
+def test_registry_wecom_settings_errors_fail_at_build(
+    tmp_path: Path, values: dict[str, str], error: str
+) -> None:
+    with pytest.raises(ConnectorConfigError, match=error):
+        build_connectors(
+            settings(outbox=tmp_path / "o.jsonl", **values),
+            factories=ConnectorFactories(discover=lambda group: []),
+        )
+
+
+def test_wecom_message_shapes() -> None:
+    def wecom(**extra: Any) -> Delivery:
+        return delivery(1, channel="wecom", to="ZhangSan", **extra)
+
+    dup = {"enable_duplicate_check": 1, "duplicate_check_interval": 1800}
+    assert build_message(wecom(subject=None, body="Hi"), 7) == {
+        "touser": "ZhangSan",
+        "agentid": 7,
+        "msgtype": "text",
+        "text": {"content": "Hi"},
+        **dup,
+    }
+    # A subject without a link cannot be a card: it heads the text instead of being lost.
+    assert build_message(wecom(subject="Cart", body="Hi"), 7)["text"] == {"content": "Cart\n\nHi"}
+    card = build_message(wecom(subject="Cart", body="Hi", meta={"url": "https://x.test/c"}), 7)
+    assert card == {
+        "touser": "ZhangSan",
+        "agentid": 7,
+        "msgtype": "textcard",
+        "textcard": {"title": "Cart", "description": "Hi", "url": "https://x.test/c"},
+        **dup,
+    }
+    with_button = wecom(subject="Cart", meta={"url": "https://x.test/c", "btntxt": "Open"})
+    assert build_message(with_button, 7)["textcard"]["btntxt"] == "Open"
+    # The duplicate check compares request bodies: a retry must build the same bytes.
+    assert orjson.dumps(build_message(wecom(), 7)) == orjson.dumps(build_message(wecom(), 7))
+
+
+@pytest.mark.parametrize("to", ["@all", "@ALL", "a|b", ""])
+def test_wecom_refuses_anything_but_one_member(to: str) -> None:
+    with pytest.raises(ConnectorError) as caught:
+        build_message(delivery(1, channel="wecom", to=to), 7)
+    assert not caught.value.retryable
 
 
 async def test_connectors_start_and_close_every_distinct_connector(tmp_path: Path) -> None:
@@ -460,6 +547,7 @@ async def test_connectors_start_and_close_every_distinct_connector(tmp_path: Pat
         "connectors.sendgrid",
         "connectors.twilio",
         "connectors.wechat",
+        "connectors.wecom",
     ],
 )
 def test_exported_members_exist(module: str) -> None:
