@@ -24,18 +24,13 @@ idempotency key, so `delivered()` is False.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-import orjson
-
 from connectors.base import Delivery, Receipt
 from connectors.errors import ConnectorConfigError
-from connectors.webhook import retryable_status
-from engine.errors import ConnectorError
+from connectors.tencent import TencentApi
 
 if TYPE_CHECKING:
     from workers.config import Settings
@@ -43,15 +38,15 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BASE_URL", "WeChatConnector"]
 
 DEFAULT_BASE_URL = "https://api.weixin.qq.com"
-TOKEN_ERRORS = frozenset({40001, 40014, 42001})
 RETRYABLE_ERRORS = frozenset({-1, 45009, 45011})  # busy, daily quota, per-minute quota
-_REFRESH_MARGIN_S = 300.0
 
 
-class WeChatConnector:
+class WeChatConnector(TencentApi):
     """Sends to `Delivery.to` (an Official Account openid)."""
 
     name = "wechat"
+    token_path = "/cgi-bin/token"
+    retryable_errors = RETRYABLE_ERRORS
 
     def __init__(
         self,
@@ -65,16 +60,10 @@ class WeChatConnector:
     ) -> None:
         if not app_id or not app_secret:
             raise ConnectorConfigError("WeChat needs WECHAT_APP_ID and WECHAT_APP_SECRET")
+        super().__init__(base_url or DEFAULT_BASE_URL, timeout=timeout, clock=clock)
         self.app_id = app_id
-        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.template_id = template_id
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._secret = app_secret
-        self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
-        self._token: str | None = None
-        self._token_expires = 0.0
-        self._token_lock = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WeChatConnector:
@@ -86,92 +75,13 @@ class WeChatConnector:
             template_id=getattr(settings, "wechat_template_id", None),
         )
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    async def delivered(self, message_id: str) -> bool:
-        return False
+    def token_params(self) -> dict[str, str]:
+        return {"grant_type": "client_credential", "appid": self.app_id, "secret": self._secret}
 
     async def send(self, delivery: Delivery) -> Receipt:
         path, payload = build_request(delivery, self.template_id)
-        for attempt in (1, 2):
-            token = await self._access_token()
-            answer = await self._call("POST", path, params={"access_token": token}, json=payload)
-            code = _errcode(answer)
-            if code == 0:
-                msgid = answer.get("msgid")
-                return Receipt(str(msgid) if msgid is not None else None, "ok")
-            if code in TOKEN_ERRORS:
-                self._forget_token(token)
-                if attempt == 1:
-                    continue
-                # Rejected twice with fresh tokens: someone keeps rotating it; try again later.
-                raise _error("send", answer, retryable=True)
-            raise _error("send", answer)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _access_token(self) -> str:
-        if self._token is not None and self._clock() < self._token_expires:
-            return self._token
-        async with self._token_lock:
-            if self._token is not None and self._clock() < self._token_expires:
-                return self._token
-            answer = await self._call(
-                "GET",
-                "/cgi-bin/token",
-                params={
-                    "grant_type": "client_credential",
-                    "appid": self.app_id,
-                    "secret": self._secret,
-                },
-            )
-            token = answer.get("access_token")
-            if _errcode(answer) != 0 or not isinstance(token, str) or not token:
-                raise _error("token", answer)
-            expires_in = float(answer.get("expires_in") or 7200)
-            self._token = token
-            self._token_expires = self._clock() + max(expires_in - _REFRESH_MARGIN_S, 0.0)
-            return token
-
-    def _forget_token(self, token: str) -> None:
-        if self._token == token:
-            self._token = None
-
-    async def _call(
-        self, method: str, path: str, *, params: Mapping[str, str], json: Any = None
-    ) -> dict[str, Any]:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        url = f"{self.base_url}{path}"
-        data = orjson.dumps(json) if json is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else None
-        try:
-            async with self._session.request(
-                method, url, params=params, data=data, headers=headers
-            ) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            kind = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-            raise ConnectorError(f"wechat {path}: {kind} {exc}".rstrip(), retryable=True) from exc
-        if not 200 <= status < 300:
-            raise ConnectorError(
-                f"wechat {path}: HTTP {status}", retryable=retryable_status(status)
-            )
-        try:
-            answer = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ConnectorError(f"wechat {path}: answer is not JSON", retryable=True) from exc
-        if not isinstance(answer, dict):
-            raise ConnectorError(f"wechat {path}: answer is not an object", retryable=True)
-        return answer
+        msgid = (await self.post_with_token(path, payload)).get("msgid")
+        return Receipt(str(msgid) if msgid is not None else None, "ok")
 
 
 def build_request(delivery: Delivery, default_template: str | None) -> tuple[str, dict[str, Any]]:
@@ -199,19 +109,3 @@ def build_request(delivery: Delivery, default_template: str | None) -> tuple[str
     if isinstance(meta.get("url"), str):
         payload["url"] = meta["url"]
     return "/cgi-bin/message/template/send", payload
-
-
-def _errcode(answer: Mapping[str, Any]) -> int:
-    try:
-        return int(answer.get("errcode") or 0)
-    except (TypeError, ValueError):
-        return -1
-
-
-def _error(what: str, answer: Mapping[str, Any], *, retryable: bool = False) -> ConnectorError:
-    code = _errcode(answer)
-    message = answer.get("errmsg") or "no access_token in the answer"
-    return ConnectorError(
-        f"wechat {what}: errcode {code} {message}",
-        retryable=retryable or code in RETRYABLE_ERRORS,
-    )

@@ -43,17 +43,13 @@ error, messages beyond 30 per minute / 1000 per hour to one member from one app.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-import orjson
-
 from connectors.base import Delivery, Receipt
 from connectors.errors import ConnectorConfigError
-from connectors.webhook import retryable_status
+from connectors.tencent import TencentApi
 from engine.errors import ConnectorError
 
 if TYPE_CHECKING:
@@ -63,17 +59,17 @@ __all__ = ["DEFAULT_BASE_URL", "DUPLICATE_CHECK_S", "WeComConnector", "build_mes
 
 DEFAULT_BASE_URL = "https://qyapi.weixin.qq.com"
 SEND_PATH = "/cgi-bin/message/send"
-TOKEN_ERRORS = frozenset({40001, 40014, 42001})
 # busy, API call frequency limit, concurrent call limit
 RETRYABLE_ERRORS = frozenset({-1, 45009, 45033})
 DUPLICATE_CHECK_S = 1800
-_REFRESH_MARGIN_S = 300.0
 
 
-class WeComConnector:
+class WeComConnector(TencentApi):
     """Sends to `Delivery.to` (one WeCom member userid) as application `agent_id`."""
 
     name = "wecom"
+    token_path = "/cgi-bin/gettoken"
+    retryable_errors = RETRYABLE_ERRORS
 
     def __init__(
         self,
@@ -104,15 +100,9 @@ class WeComConnector:
             raise ConnectorConfigError(
                 f"WECOM_AGENT_ID must be the application's integer id, not {agent_id!r}"
             ) from None
+        super().__init__(base_url or DEFAULT_BASE_URL, timeout=timeout, clock=clock)
         self.corp_id = corp_id
-        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._secret = corp_secret
-        self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
-        self._token: str | None = None
-        self._token_expires = 0.0
-        self._token_lock = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WeComConnector:
@@ -123,93 +113,16 @@ class WeComConnector:
             base_url=settings.wecom_base_url,
         )
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    async def delivered(self, message_id: str) -> bool:
-        return False
+    def token_params(self) -> dict[str, str]:
+        return {"corpid": self.corp_id, "corpsecret": self._secret}
 
     async def send(self, delivery: Delivery) -> Receipt:
-        payload = build_message(delivery, self.agent_id)
-        for attempt in (1, 2):
-            token = await self._access_token()
-            answer = await self._call(
-                "POST", SEND_PATH, params={"access_token": token}, json=payload
-            )
-            code = _errcode(answer)
-            if code == 0:
-                refused = _refused(answer, delivery.to)
-                if refused:
-                    raise ConnectorError(
-                        f"wecom send: {delivery.to!r} is in {refused}", retryable=False
-                    )
-                msgid = answer.get("msgid")
-                return Receipt(str(msgid) if msgid else None, "ok")
-            if code in TOKEN_ERRORS:
-                self._forget_token(token)
-                if attempt == 1:
-                    continue
-                # Rejected twice with fresh tokens: someone keeps rotating it; try again later.
-                raise _error("send", answer, retryable=True)
-            raise _error("send", answer)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _access_token(self) -> str:
-        if self._token is not None and self._clock() < self._token_expires:
-            return self._token
-        async with self._token_lock:
-            if self._token is not None and self._clock() < self._token_expires:
-                return self._token
-            answer = await self._call(
-                "GET",
-                "/cgi-bin/gettoken",
-                params={"corpid": self.corp_id, "corpsecret": self._secret},
-            )
-            token = answer.get("access_token")
-            if _errcode(answer) != 0 or not isinstance(token, str) or not token:
-                raise _error("gettoken", answer)
-            expires_in = float(answer.get("expires_in") or 7200)
-            self._token = token
-            self._token_expires = self._clock() + max(expires_in - _REFRESH_MARGIN_S, 0.0)
-            return token
-
-    def _forget_token(self, token: str) -> None:
-        if self._token == token:
-            self._token = None
-
-    async def _call(
-        self, method: str, path: str, *, params: Mapping[str, str], json: Any = None
-    ) -> dict[str, Any]:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        url = f"{self.base_url}{path}"
-        data = orjson.dumps(json) if json is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else None
-        try:
-            async with self._session.request(
-                method, url, params=params, data=data, headers=headers
-            ) as response:
-                raw = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            kind = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-            raise ConnectorError(f"wecom {path}: {kind} {exc}".rstrip(), retryable=True) from exc
-        if not 200 <= status < 300:
-            raise ConnectorError(f"wecom {path}: HTTP {status}", retryable=retryable_status(status))
-        try:
-            answer = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ConnectorError(f"wecom {path}: answer is not JSON", retryable=True) from exc
-        if not isinstance(answer, dict):
-            raise ConnectorError(f"wecom {path}: answer is not an object", retryable=True)
-        return answer
+        answer = await self.post_with_token(SEND_PATH, build_message(delivery, self.agent_id))
+        refused = _refused(answer, delivery.to)
+        if refused:
+            raise ConnectorError(f"wecom send: {delivery.to!r} is in {refused}", retryable=False)
+        msgid = answer.get("msgid")
+        return Receipt(str(msgid) if msgid else None, "ok")
 
 
 def build_message(delivery: Delivery, agent_id: int) -> dict[str, Any]:
@@ -244,19 +157,3 @@ def _refused(answer: Mapping[str, Any], userid: str) -> str | None:
         if isinstance(listed, str) and userid.lower() in listed.lower().split("|"):
             return name
     return None
-
-
-def _errcode(answer: Mapping[str, Any]) -> int:
-    try:
-        return int(answer.get("errcode") or 0)
-    except (TypeError, ValueError):
-        return -1
-
-
-def _error(what: str, answer: Mapping[str, Any], *, retryable: bool = False) -> ConnectorError:
-    code = _errcode(answer)
-    message = answer.get("errmsg") or "no access_token in the answer"
-    return ConnectorError(
-        f"wecom {what}: errcode {code} {message}",
-        retryable=retryable or code in RETRYABLE_ERRORS,
-    )
