@@ -306,7 +306,7 @@ class BatchProcessor:
         while True:
             # Parsed afresh on every attempt: the core updates the state in place, so a retry
             # must not start from a document an earlier attempt already changed.
-            state = UserState.from_doc(orjson.loads(doc)) if doc else UserState(user_id)
+            state = UserState.decode(doc) if doc else UserState(user_id)
             old_segments = list(state.segments)
             outcomes: list[tuple[Input, Outcome]] = []
             try:
@@ -359,7 +359,7 @@ class BatchProcessor:
         if ticked or (wake is not None and (indexed is None or wake < indexed)):
             write.wakes[user_id] = wake
             state.indexed_wake = wake
-        write.docs[user_id] = orjson.dumps(state.to_doc())
+        write.docs[user_id] = state.encode()
         if state.segments != old_segments:
             for name in set(state.segments).difference(old_segments):
                 write.segments_added.setdefault(name, []).append(user_id)

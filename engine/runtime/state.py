@@ -7,28 +7,47 @@ are epoch seconds (floats): cheap to compare, cheap to serialise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 RECENT_EVENT_IDS = 32
-# Attributes stored only when non-empty, and their short keys in the stored document.
-_DOC_KEYS = (
-    ("profile", "p"),
-    ("metrics", "m"),
-    ("segments", "sg"),
-    ("ended", "x"),
-    ("goals", "g"),
-    ("sends", "sn"),
-    ("activity", "a"),
-    ("idle_fired", "i"),
-    ("dates", "d"),
-    ("recent", "re"),
-    ("dates_version", "dv"),
-)
 
 
-@dataclass(slots=True)
-class Run:
+# Stored names: short, because millions of these documents sit in Redis.
+_RUN_KEYS = {
+    "journey": "j",
+    "version": "v",
+    "entry_id": "e",
+    "entered_at": "t",
+    "step": "s",
+    "variant": "x",
+    "wake_at": "w",
+    "waiting": "f",
+    "entry_event": "ev",
+}
+_USER_KEYS = {
+    "user_id": "u",
+    "profile": "p",
+    "metrics": "m",
+    "segments": "sg",
+    "runs": "r",
+    "ended": "x",
+    "goals": "g",
+    "sends": "sn",
+    "activity": "a",
+    "idle_fired": "i",
+    "dates": "d",
+    "recent": "re",
+    "offset": "o",
+    "wake_at": "w",
+    "swept_at": "sw",
+    "dates_version": "dv",
+    "indexed_wake": "iw",
+}
+
+
+class Run(msgspec.Struct, omit_defaults=True, rename=_RUN_KEYS):
     """A user's active run of one journey."""
 
     journey: str
@@ -39,44 +58,20 @@ class Run:
     variant: str | None = None
     wake_at: float | None = None
     waiting: bool = False
-    entry_event: dict[str, Any] = field(default_factory=dict)
+    entry_event: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
-        """Compact form; keys are short because millions of these sit in Redis."""
-        doc: dict[str, Any] = {
-            "v": self.version,
-            "e": self.entry_id,
-            "t": self.entered_at,
-            "s": self.step,
-        }
-        if self.variant is not None:
-            doc["x"] = self.variant
-        if self.wake_at is not None:
-            doc["w"] = self.wake_at
-        if self.waiting:
-            doc["f"] = 1
-        if self.entry_event:
-            doc["ev"] = self.entry_event
+        """The stored form, as plain JSON values."""
+        doc: dict[str, Any] = msgspec.to_builtins(self)
         return doc
 
     @classmethod
     def from_doc(cls, journey: str, doc: dict[str, Any]) -> Run:
-        """Inverse of `to_doc`."""
-        return cls(
-            journey=journey,
-            version=doc["v"],
-            entry_id=doc["e"],
-            entered_at=doc["t"],
-            step=doc["s"],
-            variant=doc.get("x"),
-            wake_at=doc.get("w"),
-            waiting=bool(doc.get("f")),
-            entry_event=doc.get("ev") or {},
-        )
+        """Inverse of `to_doc` (documents written before runs stored their journey too)."""
+        return msgspec.convert({"j": journey, **doc}, cls, strict=False)
 
 
-@dataclass(slots=True)
-class UserState:
+class UserState(msgspec.Struct, omit_defaults=True, rename=_USER_KEYS):
     """Everything Herald keeps about one user.
 
     - `profile`: traits and `update_profile` results (tags live in `profile["tags"]`);
@@ -95,17 +90,17 @@ class UserState:
     """
 
     user_id: str
-    profile: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    segments: list[str] = field(default_factory=list)
-    runs: dict[str, Run] = field(default_factory=dict)
-    ended: dict[str, float] = field(default_factory=dict)
-    goals: dict[str, list[Any]] = field(default_factory=dict)
-    sends: dict[str, list[list[Any]]] = field(default_factory=dict)
-    activity: dict[str, float] = field(default_factory=dict)
-    idle_fired: list[str] = field(default_factory=list)
-    dates: dict[str, list[Any]] = field(default_factory=dict)
-    recent: list[str] = field(default_factory=list)
+    profile: dict[str, Any] = msgspec.field(default_factory=dict)
+    metrics: dict[str, Any] = msgspec.field(default_factory=dict)
+    segments: list[str] = msgspec.field(default_factory=list)
+    runs: dict[str, Run] = msgspec.field(default_factory=dict)
+    ended: dict[str, float] = msgspec.field(default_factory=dict)
+    goals: dict[str, list[Any]] = msgspec.field(default_factory=dict)
+    sends: dict[str, list[list[Any]]] = msgspec.field(default_factory=dict)
+    activity: dict[str, float] = msgspec.field(default_factory=dict)
+    idle_fired: list[str] = msgspec.field(default_factory=list)
+    dates: dict[str, list[Any]] = msgspec.field(default_factory=dict)
+    recent: list[str] = msgspec.field(default_factory=list)
     offset: int = -1
     wake_at: float | None = None
     swept_at: float | None = None
@@ -114,45 +109,26 @@ class UserState:
 
     def to_doc(self) -> dict[str, Any]:
         """A JSON-ready dict with empty parts left out (most users have no runs at all)."""
-        doc: dict[str, Any] = {"u": self.user_id}
-        for attr, key in _DOC_KEYS:
-            value = getattr(self, attr)
-            if value:
-                doc[key] = value
-        if self.runs:
-            doc["r"] = {j: run.to_doc() for j, run in self.runs.items()}
-        if self.offset >= 0:
-            doc["o"] = self.offset
-        if self.wake_at is not None:
-            doc["w"] = self.wake_at
-        if self.swept_at is not None:
-            doc["sw"] = self.swept_at
-        if self.indexed_wake is not None:
-            doc["iw"] = self.indexed_wake
+        doc: dict[str, Any] = msgspec.to_builtins(self)
         return doc
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> UserState:
         """Inverse of `to_doc`."""
-        return cls(
-            user_id=doc["u"],
-            profile=doc.get("p") or {},
-            metrics=doc.get("m") or {},
-            segments=doc.get("sg") or [],
-            runs={j: Run.from_doc(j, r) for j, r in (doc.get("r") or {}).items()},
-            ended=doc.get("x") or {},
-            goals=doc.get("g") or {},
-            sends=doc.get("sn") or {},
-            activity=doc.get("a") or {},
-            idle_fired=doc.get("i") or [],
-            dates=doc.get("d") or {},
-            recent=doc.get("re") or [],
-            offset=doc.get("o", -1),
-            wake_at=doc.get("w"),
-            swept_at=doc.get("sw"),
-            dates_version=doc.get("dv", ""),
-            indexed_wake=doc.get("iw"),
-        )
+        return msgspec.convert(_with_run_keys(doc), cls, strict=False)
+
+    def encode(self) -> bytes:
+        """The stored document, straight from the object (no intermediate dicts)."""
+        return _ENCODER.encode(self)
+
+    @staticmethod
+    def decode(data: bytes) -> UserState:
+        """Inverse of `encode`: the document straight into objects, validated as it goes."""
+        try:
+            return _DECODER.decode(data)
+        except msgspec.ValidationError:
+            # A document from before runs carried their journey id: the slow, forgiving way.
+            return UserState.from_doc(msgspec.json.decode(data))
 
     def remember_event(self, event_id: str) -> bool:
         """Record an applied event id; False when it was already applied (a duplicate)."""
@@ -162,3 +138,14 @@ class UserState:
         if len(self.recent) > RECENT_EVENT_IDS:
             del self.recent[0]
         return True
+
+
+def _with_run_keys(doc: dict[str, Any]) -> dict[str, Any]:
+    runs = doc.get("r")
+    if not runs:
+        return doc
+    return {**doc, "r": {j: {"j": j, **r} for j, r in runs.items()}}
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(UserState, strict=False)
