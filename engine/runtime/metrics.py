@@ -7,11 +7,11 @@ staying accurate to one bucket at the window's far edge.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from engine.expressions import Condition, compile_condition
 from engine.language.journey import MetricSpec
+from engine.runtime.effects import iso
 
 _DAY = 86400.0
 
@@ -41,15 +41,7 @@ class CompiledMetric:
 
     def _value_of(self, properties: dict[str, Any], at: float) -> Any:
         if not self.path:
-            return (
-                datetime.fromtimestamp(at, UTC).isoformat()
-                if self.aggregate
-                in (
-                    "first",
-                    "last",
-                )
-                else 1
-            )
+            return iso(at) if self.aggregate in ("first", "last") else 1
         value: Any = properties
         for part in self.path:
             if not isinstance(value, dict):
