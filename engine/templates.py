@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from jinja2 import StrictUndefined, Template, nodes
+from jinja2 import StrictUndefined, Template, meta, nodes
 from jinja2.exceptions import TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -39,6 +39,7 @@ __all__ = [
     "format_date",
     "money",
     "render_value",
+    "value_names",
 ]
 
 # --------------------------------------------------------------------------- filters
@@ -108,13 +109,21 @@ class Rendered:
 class _Part:
     """One compiled template text (a subject or a body) and where it sits in its file."""
 
-    __slots__ = ("first_line", "label", "source", "template")
+    __slots__ = ("first_line", "label", "names", "source", "template")
 
-    def __init__(self, template: Template, source: str, label: str, first_line: int) -> None:
+    def __init__(
+        self,
+        template: Template,
+        source: str,
+        label: str,
+        first_line: int,
+        names: frozenset[str],
+    ) -> None:
         self.template = template
         self.source = source
         self.label = label
         self.first_line = first_line  # line of the file where this text starts
+        self.names = names  # the context names the text reads
 
     def render(self, ctx: Mapping[str, Any]) -> str:
         try:
@@ -163,7 +172,7 @@ def _template_line(tb: TracebackType | None, label: str) -> int | None:
 class CompiledTemplate:
     """A message template ready to render: an optional subject and a body."""
 
-    __slots__ = ("_body", "_subject", "channel", "locale", "name", "origin")
+    __slots__ = ("_body", "_subject", "channel", "locale", "name", "names", "origin")
 
     def __init__(
         self,
@@ -181,6 +190,9 @@ class CompiledTemplate:
         self.origin = origin
         self._subject = subject
         self._body = body
+        # The context names subject and body read: a caller can skip building the others
+        # (the unsubscribe link is an HMAC). Undeclared variables are all a template can see.
+        self.names = body.names | (subject.names if subject is not None else frozenset())
 
     @property
     def has_subject(self) -> bool:
@@ -191,11 +203,14 @@ class CompiledTemplate:
         subject = None
         if self._subject is not None:
             # A subject is one header line: newlines from data must not leak into it.
-            subject = re.sub(r"\s*[\r\n]+\s*", " ", self._subject.render(ctx)).strip()
+            subject = _NEWLINES.sub(" ", self._subject.render(ctx)).strip()
         return Rendered(subject=subject, body=self._body.render(ctx))
 
     def __repr__(self) -> str:
         return f"CompiledTemplate({self.origin!r})"
+
+
+_NEWLINES = re.compile(r"\s*[\r\n]+\s*")
 
 
 def _compile_part(source: str, label: str, first_line: int) -> _Part:
@@ -207,7 +222,8 @@ def _compile_part(source: str, label: str, first_line: int) -> _Part:
     except TemplateSyntaxError as exc:  # includes unknown filters and tests
         raise ExpressionError(exc.message or str(exc), exc.lineno or 1, 1) from None
     template = _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None))
-    return _Part(template, source, label, first_line)
+    names = frozenset(meta.find_undeclared_variables(ast))
+    return _Part(template, source, label, first_line, names)
 
 
 def _check(ast: nodes.Template) -> None:
@@ -442,6 +458,26 @@ def render_value(value: Any, ctx: Mapping[str, Any]) -> Any:
     if isinstance(value, list):
         return [render_value(item, ctx) for item in value]
     return value
+
+
+def value_names(value: Any) -> frozenset[str] | None:
+    """The context names the template strings inside `value` read (see `render_value`);
+    None when one of them does not compile (rendering reports that, with every name there)."""
+    if isinstance(value, str):
+        if not _looks_templated(value):
+            return frozenset()
+        try:
+            return _value_part(value).names
+        except ExpressionError:
+            return None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    names: frozenset[str] = frozenset()
+    for item in items:
+        found = value_names(item)
+        if found is None:
+            return None
+        names |= found
+    return names
 
 
 def check_value(value: Any) -> None:

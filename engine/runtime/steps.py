@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 SWEEP_INTERVAL_S = 3600.0
 ADDRESS_FIELDS = {"email": "email", "sms": "phone", "wechat": "wechat_openid"}
 MAX_DEPTH = 8
+RENDER_NAMES = frozenset({"profile", "event", "journey", "now", "unsubscribe_url"})
 
 
 def utc(ts: float) -> datetime:
@@ -536,21 +537,34 @@ class StepRunner:
         return NEXT
 
     def _render_ctx(
-        self, turn: Turn, program: Program, run: Run, at: float, channel: str
+        self,
+        turn: Turn,
+        program: Program,
+        run: Run,
+        at: float,
+        channel: str,
+        names: frozenset[str] | None,
     ) -> dict[str, Any]:
-        options = self.engine.options
-        return {
-            "profile": turn.profile_view(at),
-            "event": run.entry_event,
-            "journey": _journey_ctx(program, run),
-            "now": utc(at),
-            "unsubscribe_url": unsubscribe_url(
+        """What templates see; only the `names` they read are built (None: all of them)."""
+        wanted = RENDER_NAMES if names is None else names
+        ctx: dict[str, Any] = {}
+        if "profile" in wanted:
+            ctx["profile"] = turn.profile_view(at)
+        if "event" in wanted:
+            ctx["event"] = run.entry_event
+        if "journey" in wanted:
+            ctx["journey"] = _journey_ctx(program, run)
+        if "now" in wanted:
+            ctx["now"] = utc(at)
+        if "unsubscribe_url" in wanted:
+            options = self.engine.options
+            ctx["unsubscribe_url"] = unsubscribe_url(
                 options.unsubscribe_base_url,
                 options.unsubscribe_secret,
                 turn.state.user_id,
                 channel,
-            ),
-        }
+            )
+        return ctx
 
     def _send(
         self, turn: Turn, program: Program, run: Run, node: Node, at: float, resumed: bool
@@ -578,7 +592,6 @@ class StepRunner:
                 return BLOCK
         if self._capped(turn, program, at, channel):
             return self._suppress(turn, run, node, at, channel, "frequency cap")
-        ctx = self._render_ctx(turn, program, run, at, channel)
         try:
             if spec.template is not None:
                 template = self.engine.rules.templates.resolve(
@@ -586,6 +599,7 @@ class StepRunner:
                 )
             else:
                 template = compile_inline(spec.subject, spec.body, origin=f"{jid}:{node.id}")
+            ctx = self._render_ctx(turn, program, run, at, channel, template.names)
             rendered = template.render(ctx)
         except TemplateRenderError as exc:
             turn.count("herald_messages_total", channel=channel, status="failed")
@@ -645,7 +659,7 @@ class StepRunner:
     ) -> None:
         spec = node.spec
         profile = turn.state.profile
-        ctx = self._render_ctx(turn, program, run, at, "profile")
+        ctx = self._render_ctx(turn, program, run, at, "profile", node.names)
         try:
             values = {key: _render(value, ctx) for key, value in spec.set.items()}
         except TemplateRenderError as exc:
@@ -673,7 +687,7 @@ class StepRunner:
 
     def _emit(self, turn: Turn, program: Program, run: Run, node: Node, at: float) -> None:
         state = turn.state
-        ctx = self._render_ctx(turn, program, run, at, "emit")
+        ctx = self._render_ctx(turn, program, run, at, "emit", node.names)
         try:
             properties = _render(node.spec.properties, ctx)
         except TemplateRenderError as exc:
@@ -702,7 +716,7 @@ class StepRunner:
 
     def _webhook(self, turn: Turn, program: Program, run: Run, node: Node, at: float) -> None:
         spec = node.spec
-        ctx = self._render_ctx(turn, program, run, at, "webhook")
+        ctx = self._render_ctx(turn, program, run, at, "webhook", node.names)
         try:
             url = str(_render(spec.url, ctx))
             body = _render(spec.body, ctx)

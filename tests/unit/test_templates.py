@@ -16,6 +16,7 @@ from engine.templates import (
     format_date,
     money,
     render_value,
+    value_names,
 )
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -358,3 +359,22 @@ def test_filters_in_templates() -> None:
     assert template.render(context()).body == "1,234.50 on 2026-05-01"
     with pytest.raises(TemplateRenderError, match="unknown time zone"):
         compile_inline(None, "{{ now | date('%H', 'Mars/Base') }}", origin="x").render(context())
+
+
+# --------------------------------------------------------------------------- fast paths
+
+def test_template_names_are_what_it_reads() -> None:
+    template = compile_inline(
+        "Hi {{ profile.first_name }}",
+        "{% set x = 1 %}{{ x }} {{ event.properties.sku }} {{ unsubscribe_url }}",
+        origin="t",
+    )
+    assert template.names == {"profile", "event", "unsubscribe_url"}
+    assert compile_inline(None, "plain", origin="t2").names == frozenset()
+
+
+def test_value_names() -> None:
+    assert value_names("no template") == frozenset()
+    assert value_names({"a": "{{ profile.x }}", "b": ["{{ now.year }}", 3]}) == {"profile", "now"}
+    assert value_names(["{{ broken"]) is None
+    assert value_names(None) == frozenset()
