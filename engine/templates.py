@@ -86,7 +86,30 @@ def format_date(value: Any, fmt: str = "%Y-%m-%d", tz: str | None = None) -> str
     return moment.strftime(fmt)
 
 
-_ENV = ImmutableSandboxedEnvironment(
+_DICT_NAMES = frozenset(dir(dict))
+
+
+class _TemplateEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with a shortcut for the common case of a template reading a plain dict.
+
+    `profile.first_name` is `environment.getattr(profile, "first_name")`, which first tries
+    the Python attribute and pays for an AttributeError (~1.5 µs) before reading the key. A
+    plain dict has no attribute outside `dir(dict)` (no instance dict, no `__getattr__`), so
+    for any other name the sandbox's answer is the key or, missing, an undefined: given here
+    directly. Dict attribute names (`items`, `__class__`...) and every other type take the
+    sandbox's own path.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_NAMES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
+_ENV = _TemplateEnvironment(
     undefined=StrictUndefined,
     autoescape=False,
     keep_trailing_newline=False,  # the file's final newline is not part of the message

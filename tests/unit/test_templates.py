@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jinja2 import StrictUndefined, Undefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+import engine.templates as templates_module
 from engine.errors import ExpressionError, TemplateRenderError
 from engine.templates import (
     Rendered,
@@ -362,6 +365,44 @@ def test_filters_in_templates() -> None:
 
 
 # --------------------------------------------------------------------------- fast paths
+
+_REFERENCE = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+
+
+class _Sub(dict[str, Any]):
+    """A dict subclass: not the shortcut's business."""
+
+    def __getattr__(self, name: str) -> Any:
+        return f"attr:{name}"
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"first_name": "Ann", "items": "key", "__class__": "key", "keys": 1, "": 2},
+        {},
+        _Sub(first_name="Ann"),
+        "text",
+        [1, 2],
+        None,
+    ],
+)
+@pytest.mark.parametrize(
+    "attribute",
+    ["first_name", "missing", "items", "keys", "get", "__class__", "__dict__", "mro", "", "_x"],
+)
+def test_template_getattr_matches_the_sandbox(obj: Any, attribute: str) -> None:
+    def outcome(env: Any) -> Any:
+        try:
+            value = env.getattr(obj, attribute)
+        except Exception as exc:  # pragma: no cover - neither raises for these
+            return ("raised", type(exc))
+        if isinstance(value, Undefined):
+            return ("undefined", type(value), value._undefined_name, value._undefined_hint)
+        return ("value", value)
+
+    assert outcome(templates_module._ENV) == outcome(_REFERENCE)
+
 
 def test_template_names_are_what_it_reads() -> None:
     template = compile_inline(
