@@ -233,6 +233,11 @@ class CompiledTemplate:
         return f"CompiledTemplate({self.origin!r})"
 
 
+# Templates get the environment's globals as a plain dict, not Jinja's default ChainMap:
+# every render copies them (`dict(globals, **ctx)`, `set(globals)`), and iterating a ChainMap
+# costs ~5 µs where a dict costs a fraction. The same names and values: `_ENV.globals` is
+# never changed after this module is loaded.
+_GLOBALS: dict[str, Any] = dict(_ENV.make_globals(None))
 _NEWLINES = re.compile(r"\s*[\r\n]+\s*")
 
 
@@ -244,7 +249,7 @@ def _compile_part(source: str, label: str, first_line: int) -> _Part:
         code = _ENV.compile(ast, name=label, filename=label)
     except TemplateSyntaxError as exc:  # includes unknown filters and tests
         raise ExpressionError(exc.message or str(exc), exc.lineno or 1, 1) from None
-    template = _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None))
+    template = _ENV.template_class.from_code(_ENV, code, _GLOBALS)
     names = frozenset(meta.find_undeclared_variables(ast))
     return _Part(template, source, label, first_line, names)
 

@@ -419,3 +419,10 @@ def test_value_names() -> None:
     assert value_names({"a": "{{ profile.x }}", "b": ["{{ now.year }}", 3]}) == {"profile", "now"}
     assert value_names(["{{ broken"]) is None
     assert value_names(None) == frozenset()
+
+
+def test_templates_still_see_the_environment_globals() -> None:
+    body = "{% for i in range(2) %}{{ i }}{% endfor %}"
+    body += "{% set ns = namespace(n=dict(a=1)) %}{{ ns.n.a }}"
+    assert compile_inline(None, body, origin="globals").render(context()).body == "011"
+    assert render_value("{{ range(3) | list }}", context()) == "[0, 1, 2]"
