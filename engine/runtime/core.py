@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from engine.events import Event
@@ -33,6 +33,7 @@ from engine.runtime.state import Run, UserState
 from engine.runtime.steps import StepRunner, Turn
 
 MAX_DUE_PER_INPUT = 10_000
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,11 @@ class Engine:
                 self.dated.append(program)
             elif kind == "inactivity":
                 self.idle.append(program)
+        # (journey, seconds of inactivity) for `next_due`, which runs on every input.
+        self.idle_spans = [
+            (p.journey.journey, p.journey.trigger.inactivity.for_.total_seconds())  # type: ignore[union-attr]
+            for p in self.idle
+        ]
         deps: set[str] = set()
         for program in self.dated:
             deps |= {program.journey.trigger.date.attribute, "timezone"}  # type: ignore[union-attr]
@@ -237,23 +243,32 @@ class Engine:
     # ------------------------------------------------------------------ time
 
     def next_due(self, state: UserState) -> tuple[float, str, str] | None:
-        """The earliest thing due for this user: (time, kind, journey)."""
+        """The earliest thing due for this user: (time, kind, journey); ties go to the smaller
+        (kind, journey). Runs on every input, so candidates later than the best so far are
+        skipped before any tuple is built."""
         best: tuple[float, str, str] | None = None
+        bound = _NEVER
         for jid, run in state.runs.items():
-            if run.wake_at is not None and (best is None or (run.wake_at, "run", jid) < best):
-                best = (run.wake_at, "run", jid)
+            when = run.wake_at
+            if when is not None and when <= bound:
+                candidate = (when, "run", jid)
+                if best is None or candidate < best:
+                    best, bound = candidate, when
         for jid, (when, _key) in state.dates.items():
-            if when is not None and (best is None or (when, "date", jid) < best):
-                best = (when, "date", jid)
-        for program in self.idle:
-            jid = program.journey.journey
-            last = state.activity.get(jid)
+            if when is not None and when <= bound:
+                candidate = (when, "date", jid)
+                if best is None or candidate < best:
+                    best, bound = candidate, when
+        activity = state.activity
+        for jid, span in self.idle_spans:
+            last = activity.get(jid)
             if last is None or jid in state.idle_fired:
                 continue
-            span: timedelta = program.journey.trigger.inactivity.for_  # type: ignore[union-attr]
-            due = last + span.total_seconds()
-            if best is None or (due, "idle", jid) < best:
-                best = (due, "idle", jid)
+            when = last + span
+            if when <= bound:
+                candidate = (when, "idle", jid)
+                if best is None or candidate < best:
+                    best, bound = candidate, when
         return best
 
     def _advance(self, turn: Turn, until: float, *, inclusive: bool, cached: bool = False) -> None:
