@@ -7,8 +7,8 @@ view of the profile); `StepRunner` holds the step semantics of journeys.md.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, tzinfo
-from functools import partial
+from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -53,6 +53,8 @@ def user_zone(state: UserState, program: Program) -> tzinfo:
     return zone(program.journey.timezone)
 
 
+# Counts are immutable values and most inputs emit a few of the same ones: built once each.
+_COUNTS: dict[tuple[Any, ...], Count] = {}
 # `journey` as a condition sees it, or a function that makes it when a condition reads it.
 JourneyArg = dict[str, Any] | Callable[[], dict[str, Any]] | None
 
@@ -103,6 +105,7 @@ class Turn:
         "engine",
         "now",
         "state",
+        "tracing",
         "trust_wake",
     )
 
@@ -113,6 +116,7 @@ class Turn:
         self.effects: list[Effect] = []
         self.depth = 0
         self.trust_wake = True
+        self.tracing = engine.options.trace
         self._view: dict[str, Any] | None = None
         self._view_at = 0.0
         self._clock: dict[str, Any] | None = None
@@ -196,11 +200,18 @@ class Turn:
 
     def count(self, metric: str, **labels: str) -> None:
         """Increment a counter (the shell aggregates them)."""
-        self.effects.append(Count(metric, tuple(sorted(labels.items()))))
+        key = (metric, *labels.items())
+        found = _COUNTS.get(key)
+        if found is None:
+            if len(_COUNTS) >= 4096:  # label values come from the rules; this only bounds misuse
+                _COUNTS.clear()
+            found = _COUNTS[key] = Count(metric, tuple(sorted(labels.items())))
+        self.effects.append(found)
 
     def trace(self, at: float, journey: str, step: str, what: str) -> None:
-        """Record a step taken, when tracing is on."""
-        if self.engine.options.trace:
+        """Record a step taken, when tracing is on (callers test `tracing` first when making
+        the text costs more than a format of plain strings)."""
+        if self.tracing:
             self.effects.append(Trace(at, self.state.user_id, journey, step, what))
 
     def failure(self, at: float, journey: str, step: str, reason: str) -> None:
@@ -222,6 +233,7 @@ class StepRunner:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._quiet = lru_cache(maxsize=64)(QuietHours)  # immutable: one per window in the rules
 
     # ------------------------------------------------------------ profile
 
@@ -486,9 +498,9 @@ class StepRunner:
         if kind == "wait_for":
             run.waiting = True
             run.wake_at = at + node.spec.within.total_seconds()
-            turn.trace(
-                at, run.journey, node.id, f"wait for {node.spec.event} until {iso(run.wake_at)}"
-            )
+            if turn.tracing:
+                what = f"wait for {node.spec.event} until {iso(run.wake_at)}"
+                turn.trace(at, run.journey, node.id, what)
             return BLOCK
         if kind == "branch":
             return self._branch(turn, program, run, node, at)
@@ -506,14 +518,15 @@ class StepRunner:
 
     def _wait(self, turn: Turn, program: Program, run: Run, node: Node, at: float) -> object:
         spec = node.spec
-        if hasattr(spec, "until"):
-            when = next_local_time(utc(at), spec.until, user_zone(turn.state, program)).timestamp()
-        else:
+        if isinstance(spec, timedelta):
             when = at + spec.total_seconds()
+        else:  # {until: "10:00"}
+            when = next_local_time(utc(at), spec.until, user_zone(turn.state, program)).timestamp()
         if when <= at:
             return NEXT
         run.wake_at = when
-        turn.trace(at, run.journey, node.id, f"wait until {iso(when)}")
+        if turn.tracing:
+            turn.trace(at, run.journey, node.id, f"wait until {iso(when)}")
         return BLOCK
 
     def _branch(self, turn: Turn, program: Program, run: Run, node: Node, at: float) -> object:
@@ -585,10 +598,11 @@ class StepRunner:
             return self._suppress(turn, run, node, at, channel, f"no {field}")
         quiet = program.journey.quiet_hours or self.engine.rules.settings.quiet_hours
         if quiet is not None and not resumed:
-            deferred = QuietHours(quiet.start, quiet.end).defer(utc(at), user_zone(state, program))
+            deferred = self._quiet(quiet.start, quiet.end).defer(utc(at), user_zone(state, program))
             if deferred.timestamp() > at:
                 run.wake_at = deferred.timestamp()
-                turn.trace(at, jid, node.id, f"quiet hours: deferred to {iso(run.wake_at)}")
+                if turn.tracing:
+                    turn.trace(at, jid, node.id, f"quiet hours: deferred to {iso(run.wake_at)}")
                 return BLOCK
         if self._capped(turn, program, at, channel):
             return self._suppress(turn, run, node, at, channel, "frequency cap")
