@@ -73,6 +73,7 @@ class Engine:
         self.metrics_by_name = {metric.name: metric for metric in self.metrics}
         self.segments_reading_all = {n for n, _c, d, _t in self.segments if ALL in d}
         self.segments_reading_time = {n for n, _c, _d, t in self.segments if t}
+        self._affected: dict[tuple[frozenset[str], bool], frozenset[str]] = {}
         self.segments_by_field: dict[str, set[str]] = {}
         for name, _c, segment_deps, _t in self.segments:
             for dep in segment_deps:
@@ -102,6 +103,11 @@ class Engine:
         # (journey, seconds of inactivity) for `next_due`, which runs on every input.
         self.idle_spans = [
             (p.journey.journey, p.journey.trigger.inactivity.for_.total_seconds())  # type: ignore[union-attr]
+            for p in self.idle
+        ]
+        # (journey, the event types that count as activity; None: all of them).
+        self.idle_counted = [
+            (p.journey.journey, _frozen(p.journey.trigger.inactivity.events))  # type: ignore[union-attr]
             for p in self.idle
         ]
         deps: set[str] = set()
@@ -211,11 +217,9 @@ class Engine:
 
     def _note_activity(self, turn: Turn, event_type: str, at: float) -> None:
         state = turn.state
-        for program in self.idle:
-            counted: list[str] | None = program.journey.trigger.inactivity.events  # type: ignore[union-attr]
+        for jid, counted in self.idle_counted:
             if counted is not None and event_type not in counted:
                 continue
-            jid = program.journey.journey
             if state.activity.get(jid, float("-inf")) <= at:
                 state.activity[jid] = at
             if jid in state.idle_fired:
@@ -315,9 +319,30 @@ class Engine:
         turn.failure(turn.now, "", "", "too many due items in one input; the rest wait")
         return Outcome(turn.state, turn.effects)
 
+    def segments_affected(self, changed: set[str], sweep: bool) -> frozenset[str]:
+        """The segments a change to the `changed` fields (plus, on a sweep, the passing of
+        time) can move. Memoised: most inputs change the same one or two fields (a metric,
+        `lead_score`), usually read by no segment at all."""
+        key = (frozenset(changed), sweep)
+        found = self._affected.get(key)
+        if found is None:
+            names = set(self.segments_reading_all)
+            for name in changed:
+                names.update(self.segments_by_field.get(name, ()))
+            if sweep:
+                names.update(self.segments_reading_time)
+            if len(self._affected) >= 4096:  # field names come from data: stay bounded
+                self._affected.clear()
+            found = self._affected[key] = frozenset(names)
+        return found
+
     def segment_reads_time(self, name: str) -> bool:
         """Whether a segment's membership can change with time alone (it reads the clock)."""
         return any(n == name and (ALL in deps or t) for n, _c, deps, t in self.segments)
+
+
+def _frozen(items: list[str] | None) -> frozenset[str] | None:
+    return None if items is None else frozenset(items)
 
 
 __all__ = [

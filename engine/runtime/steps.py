@@ -281,11 +281,7 @@ class StepRunner:
         if changed is None or ALL in changed:
             check = None  # everything
         else:
-            check = set(engine.segments_reading_all)
-            for name in changed:
-                check.update(engine.segments_by_field.get(name, ()))
-            if sweep:
-                check.update(engine.segments_reading_time)
+            check = engine.segments_affected(changed, sweep)
             if not check:
                 return
         before = set(state.segments)
