@@ -327,6 +327,7 @@ class TemplateStore:
 
     def __init__(self) -> None:
         self._templates: dict[tuple[str, str], dict[str, CompiledTemplate]] = {}
+        self._resolved: dict[tuple[str, str, str | None], CompiledTemplate] = {}
         self.problems: list[Problem] = []
 
     @classmethod
@@ -363,6 +364,7 @@ class TemplateStore:
             return
         name, channel, locale = match["name"], match["channel"], match["locale"]
         key = _locale_key(locale) if locale else ""
+        self._resolved.clear()
         variants = self._templates.setdefault((name, channel), {})
         if key in variants:
             self.problems.append(
@@ -394,7 +396,23 @@ class TemplateStore:
         return {key for key, variants in self._templates.items() if variants}
 
     def resolve(self, name: str, channel: str, locale: str | None) -> CompiledTemplate:
-        """The best variant for the locale: `zh-CN`, then `zh`, then the plain file."""
+        """The best variant for the locale: `zh-CN`, then `zh`, then the plain file.
+
+        Memoised per (name, channel, locale): every send resolves, and the fallback chain
+        costs a few regex passes. Only successes are kept; the store does not change after
+        loading."""
+        if locale is not None and type(locale) is not str:  # profile data: not assumed hashable
+            return self._resolve(name, channel, locale)
+        key = (name, channel, locale)
+        found = self._resolved.get(key)
+        if found is None:
+            found = self._resolve(name, channel, locale)
+            if len(self._resolved) >= 4096:  # locales come from profiles: stay bounded
+                self._resolved.clear()
+            self._resolved[key] = found
+        return found
+
+    def _resolve(self, name: str, channel: str, locale: str | None) -> CompiledTemplate:
         variants = self._templates.get((name, channel))
         if variants:
             for key in _fallbacks(locale):
