@@ -196,7 +196,7 @@ class Engine:
             if metric.when is not None and not turn.check(metric.when, at, event=event):
                 continue
             if metric.fold(state.metrics.setdefault(metric.name, {}), event.properties, at):
-                changed.add(f"metrics.{metric.name}")
+                changed.add(metric.field)
         if not event.emitted and not event.type.startswith("message."):
             self._note_activity(turn, event.type, at)
         # Runs and goals that existed before this event see it first; runs the event itself
@@ -226,21 +226,24 @@ class Engine:
                 state.idle_fired.remove(jid)
 
     def _check_goals(self, turn: Turn, event: Event, at: float) -> None:
-        state = turn.state
-        for jid in list(state.goals):
-            deadline, variant, *rest = state.goals[jid]
-            if at > deadline:
-                del state.goals[jid]
+        goals = turn.state.goals
+        if not goals:
+            return
+        for jid in list(goals):
+            entry = goals[jid]  # [deadline, variant] or [deadline, variant, entered_at]
+            if at > entry[0]:
+                del goals[jid]
                 continue
-            if rest and at < rest[0]:
+            if len(entry) > 2 and at < entry[2]:
                 continue  # a late event from before the entry is not this run's conversion
+            variant = entry[1]
             program = self.programs.get(jid)
             goal = program.journey.goal if program else None
             if goal is None or program is None or goal.event != event.type:
                 continue
             if program.goal_when is not None and not turn.check(program.goal_when, at, event=event):
                 continue
-            del state.goals[jid]
+            del goals[jid]
             turn.count("herald_goals_total", journey=jid, variant=variant or "")
             turn.trace(at, jid, "goal", f"goal {goal.event} reached")
 

@@ -28,10 +28,11 @@ def bucket_width(window_s: float) -> float:
 class CompiledMetric:
     """A metric ready to fold events in and read its value at a time."""
 
-    __slots__ = ("aggregate", "event_type", "name", "path", "when", "width", "window")
+    __slots__ = ("aggregate", "event_type", "field", "name", "path", "when", "width", "window")
 
     def __init__(self, name: str, spec: MetricSpec) -> None:
         self.name = name
+        self.field = f"metrics.{name}"  # the profile field a fold changes (see runtime.deps)
         self.aggregate = spec.aggregate
         self.event_type = spec.event_type
         self.path = spec.property_path

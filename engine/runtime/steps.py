@@ -411,8 +411,11 @@ class StepRunner:
             return
         if at < run.entered_at:
             return  # a late event from before the run began cannot exit or resume it
+        exits = program.exit_on.get(event.type)
+        if exits is None and not run.waiting:
+            return  # the usual case: nothing of this run listens to this event
         jctx = partial(_journey_ctx, program, run)  # built only if a condition reads it
-        for condition in program.exit_on.get(event.type, ()):
+        for condition in exits or ():
             if condition is None or turn.check(condition, at, event=event, journey=jctx):
                 self.end_run(turn, run, at, "exit_on")
                 return
