@@ -494,14 +494,18 @@ def build_context(
     return {"event": event, "profile": profile, "journey": journey, **clock_context(now)}
 
 
-def clock_context(now: _datetime) -> dict[str, Any]:
+def clock_context(now: _datetime, *, moment: bool = True) -> dict[str, Any]:
     """The part of `build_context` that depends on the clock alone: `now` and the helpers.
 
     Enough for an expression that reads none of `event`, `profile` and `journey` (see
-    `Condition.names`): a caller can then skip building those.
+    `Condition.names`): a caller can then skip building those. `moment=False` leaves out
+    `now` itself, for an expression that does not name it: the helpers compute with `_now`,
+    and a `Moment` costs ~1.5 µs to build.
     """
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
+    if not moment:
+        return {"_now": now, **_HELPERS}
     return {"now": _as_moment(now), "_now": now, **_HELPERS}
 
 

@@ -15,7 +15,7 @@ import orjson
 
 from engine.errors import TemplateRenderError
 from engine.events import Event
-from engine.expressions import Condition, clock_context
+from engine.expressions import Condition, clock_context, to_moment
 from engine.localtime import QuietHours, next_date_trigger, next_local_time, zone
 from engine.runtime.deps import ALL, TIME_NAMES, affected
 from engine.runtime.effects import Count, Effect, Emitted, Failure, Message, Trace, iso
@@ -139,11 +139,16 @@ class Turn:
             self._view, self._view_at = view, at
         return self._view
 
-    def clock(self, at: float) -> dict[str, Any]:
-        """`now` and the time helpers, built once per instant (a `Moment` costs ~1.5 µs)."""
-        if self._clock is None or self._clock_at != at:
-            self._clock, self._clock_at = clock_context(utc(at)), at
-        return self._clock
+    def clock(self, at: float, *, moment: bool) -> dict[str, Any]:
+        """The time helpers, and `now` if `moment` (a `Moment` costs ~1.5 µs): built once per
+        instant."""
+        clock = self._clock
+        if clock is None or self._clock_at != at:
+            clock = self._clock = clock_context(utc(at), moment=False)
+            self._clock_at = at
+        if moment and "now" not in clock:
+            clock["now"] = to_moment(clock["_now"])
+        return clock
 
     def event_context(self, event: Event | dict[str, Any] | None) -> dict[str, Any] | None:
         """The `event` name: an Event's context dict is built once per input."""
@@ -174,7 +179,7 @@ class Turn:
         if "journey" in names:
             ctx["journey"] = journey() if callable(journey) else journey
         if not names.isdisjoint(TIME_NAMES):
-            ctx.update(self.clock(at))
+            ctx.update(self.clock(at, moment="now" in names))
         return ctx
 
     def check(

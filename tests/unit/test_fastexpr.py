@@ -356,11 +356,11 @@ def test_fast_path_agrees_with_jinja(source: str, name: str) -> None:
 
 def _narrowed(source: str, ctx: dict[str, Any]) -> dict[str, Any]:
     """What the runtime's `Turn.context` passes: only the names the expression reads, plus
-    the clock (`now`, `_now`, the helpers) when it reads any of the time names."""
+    the clock (`_now`, the helpers, and `now` only if named) when it reads a time name."""
     names = compile_condition(source).names
     narrow = {k: v for k, v in ctx.items() if k in names and k in ("event", "profile", "journey")}
     if names & {"now", "ago", "days_since", "within", "datetime"}:
-        narrow.update(clock_context(NOW))
+        narrow.update(clock_context(NOW, moment="now" in names))
     return narrow
 
 
