@@ -105,6 +105,14 @@ class Engine:
             (p.journey.journey, p.journey.trigger.inactivity.for_.total_seconds())  # type: ignore[union-attr]
             for p in self.idle
         ]
+        # Per event type, the journeys whose runs it can move (an exit_on or a wait_for
+        # naming it): for any other run `StepRunner.on_event` does nothing.
+        self.listeners: dict[str, set[str]] = {}
+        for jid, program in self.programs.items():
+            types = set(program.exit_on)
+            types.update(n.spec.event for n in program.nodes.values() if n.kind == "wait_for")
+            for event_type in types:
+                self.listeners.setdefault(event_type, set()).add(jid)
         # (journey, the event types that count as activity; None: all of them).
         self.idle_counted = [
             (p.journey.journey, _frozen(p.journey.trigger.inactivity.events))  # type: ignore[union-attr]
@@ -201,8 +209,11 @@ class Engine:
             self._note_activity(turn, event.type, at)
         # Runs and goals that existed before this event see it first; runs the event itself
         # starts (through a segment edge or its trigger) must not count it as their own goal.
-        for run in list(state.runs.values()):
-            self.steps.on_event(turn, run, event, at)
+        listening = self.listeners.get(event.type)
+        if listening and state.runs:
+            for run in list(state.runs.values()):
+                if run.journey in listening:
+                    self.steps.on_event(turn, run, event, at)
         self._check_goals(turn, event, at)
         if changed:
             self.steps.profile_changed(turn, at, changed)

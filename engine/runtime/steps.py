@@ -67,7 +67,7 @@ class MetricsView(dict[str, Any]):
     def __init__(
         self, metrics: dict[str, CompiledMetric], state: dict[str, Any], at: float
     ) -> None:
-        super().__init__()
+        # No dict.__init__ call: the (empty) dict is made by dict.__new__ already.
         self._metrics = metrics
         self._state = state
         self._at = at
