@@ -205,7 +205,7 @@ class Engine:
                 continue
             if metric.fold(state.metrics.setdefault(metric.name, {}), event.properties, at):
                 changed.add(metric.field)
-        if not event.emitted and not event.type.startswith("message."):
+        if self.idle_counted and not event.emitted and not event.type.startswith("message."):
             self._note_activity(turn, event.type, at)
         # Runs and goals that existed before this event see it first; runs the event itself
         # starts (through a segment edge or its trigger) must not count it as their own goal.
@@ -214,7 +214,8 @@ class Engine:
             for run in list(state.runs.values()):
                 if run.journey in listening:
                     self.steps.on_event(turn, run, event, at)
-        self._check_goals(turn, event, at)
+        if state.goals:
+            self._check_goals(turn, event, at)
         if changed:
             self.steps.profile_changed(turn, at, changed)
         else:

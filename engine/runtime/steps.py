@@ -398,7 +398,8 @@ class StepRunner:
         if journey.goal is not None:
             state.goals[jid] = [at + journey.goal.within.total_seconds(), None, at]
         turn.count("herald_journey_entries_total", journey=jid)
-        turn.trace(at, jid, program.first, f"entered ({entry_id})")
+        if turn.tracing:
+            turn.trace(at, jid, program.first, f"entered ({entry_id})")
         self.execute(turn, program, run, at)
 
     def end_run(self, turn: Turn, run: Run, at: float, reason: str) -> None:
@@ -407,7 +408,8 @@ class StepRunner:
         state.runs.pop(run.journey, None)
         state.ended[run.journey] = at
         turn.count("herald_journey_exits_total", journey=run.journey, reason=reason)
-        turn.trace(at, run.journey, run.step, f"exit ({reason})")
+        if turn.tracing:
+            turn.trace(at, run.journey, run.step, f"exit ({reason})")
 
     def on_event(self, turn: Turn, run: Run, event: Event, at: float) -> None:
         """An event reaches an active run: `exit_on` first, then a waiting `wait_for`."""
@@ -641,7 +643,8 @@ class StepRunner:
             )
         )
         self._record_send(turn, program, at, channel)
-        turn.trace(at, jid, node.id, f"send {channel} to {to}")
+        if turn.tracing:
+            turn.trace(at, jid, node.id, f"send {channel} to {to}")
         return NEXT
 
     def _suppress(
