@@ -31,6 +31,9 @@ class Simulation:
     engine: Engine
     users: dict[str, UserState] = field(default_factory=dict)
     _wakes: list[tuple[float, str]] = field(default_factory=list)
+    # The wake time each user has a live entry for in `_wakes` (its current `wake_at`): most
+    # inputs leave it unchanged, and pushing it again would only grow the heap.
+    _indexed: dict[str, float] = field(default_factory=dict)
 
     def user(self, user_id: str) -> UserState:
         """The state of a user, created empty on first sight."""
@@ -40,8 +43,12 @@ class Simulation:
         return state
 
     def _track(self, state: UserState) -> None:
-        if state.wake_at is not None:
-            heapq.heappush(self._wakes, (state.wake_at, state.user_id))
+        wake = state.wake_at
+        if wake is None:
+            self._indexed.pop(state.user_id, None)
+        elif self._indexed.get(state.user_id) != wake:
+            heapq.heappush(self._wakes, (wake, state.user_id))
+            self._indexed[state.user_id] = wake
 
     def load_profiles(
         self, profiles: Iterable[tuple[str, dict[str, Any]]], at: datetime
@@ -103,6 +110,7 @@ class Simulation:
                         yield now, effect
             else:
                 heapq.heappop(self._wakes)
+                self._indexed.pop(wake[1], None)  # type: ignore[index]
                 outcome = engine.handle_tick(users[wake[1]], now)  # type: ignore[index]
                 track(outcome.state)
                 for effect in outcome.effects:
