@@ -47,6 +47,7 @@ __all__ = [
     "Event",
     "decode_record",
     "encode_events",
+    "format_instant",
     "pack_records",
     "parse_event",
     "parse_event_line",
@@ -69,6 +70,19 @@ _NATIVE_HINTS: Final = {
 }
 # Epoch numbers at or above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
 _MILLIS_THRESHOLD: Final = 100_000_000_000
+
+
+def format_instant(moment: datetime) -> str:
+    """`moment.isoformat()`, several times faster for the usual UTC datetime.
+
+    `datetime.isoformat` costs ~2 µs on an aware value and the core formats an instant or two
+    per input; orjson writes exactly the same text (checked against isoformat over millions of
+    instants, microseconds and years < 1000 included) in a fraction of that. Anything but a
+    plain UTC datetime keeps `isoformat`.
+    """
+    if type(moment) is datetime and moment.tzinfo is UTC:
+        return orjson.dumps(moment).decode()[1:-1]
+    return moment.isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +108,7 @@ class Event:
         return {
             "type": self.type,
             "user_id": self.user_id,
-            "timestamp": self.timestamp.isoformat(),
+            "timestamp": format_instant(self.timestamp),
             "properties": self.properties,
             "event_id": self.event_id,
         }

@@ -21,6 +21,7 @@ from engine.runtime.state import UserState
 DEFAULT_HORIZON = timedelta(days=7)
 
 _EVENT, _SCHEDULE, _TIMER = 0, 1, 2
+_NEVER = float("inf")
 
 
 @dataclass
@@ -30,6 +31,9 @@ class Simulation:
     engine: Engine
     users: dict[str, UserState] = field(default_factory=dict)
     _wakes: list[tuple[float, str]] = field(default_factory=list)
+    # The wake time each user has a live entry for in `_wakes` (its current `wake_at`): most
+    # inputs leave it unchanged, and pushing it again would only grow the heap.
+    _indexed: dict[str, float] = field(default_factory=dict)
 
     def user(self, user_id: str) -> UserState:
         """The state of a user, created empty on first sight."""
@@ -39,8 +43,12 @@ class Simulation:
         return state
 
     def _track(self, state: UserState) -> None:
-        if state.wake_at is not None:
-            heapq.heappush(self._wakes, (state.wake_at, state.user_id))
+        wake = state.wake_at
+        if wake is None:
+            self._indexed.pop(state.user_id, None)
+        elif self._indexed.get(state.user_id) != wake:
+            heapq.heappush(self._wakes, (wake, state.user_id))
+            self._indexed[state.user_id] = wake
 
     def load_profiles(
         self, profiles: Iterable[tuple[str, dict[str, Any]]], at: datetime
@@ -63,39 +71,48 @@ class Simulation:
                 schedules.append((when.timestamp(), 0, jid))
         schedules.sort()
         limit = until.timestamp()
+        times = [e.timestamp.timestamp() for e in ordered]
+        users = self.users
+        engine = self.engine
+        track = self._track
         ei = si = 0
         while True:
-            candidates: list[tuple[float, int]] = []
-            if ei < len(ordered):
-                candidates.append((ordered[ei].timestamp.timestamp(), _EVENT))
-            if si < len(schedules):
-                candidates.append((schedules[si][0], _SCHEDULE))
+            # The next input: the earliest of the three sources; at equal instants events
+            # come first, then schedule firings, then timers.
+            at = times[ei] if ei < len(times) else _NEVER
+            kind = _EVENT
+            if si < len(schedules) and schedules[si][0] < at:
+                at, kind = schedules[si][0], _SCHEDULE
             wake = self._next_wake()
-            if wake is not None and wake[0] <= limit:
-                candidates.append((wake[0], _TIMER))
-            if not candidates:
+            if wake is not None and wake[0] <= limit and wake[0] < at:
+                at, kind = wake[0], _TIMER
+            if at == _NEVER:
                 return
-            at, kind = min(candidates)
-            now = datetime.fromtimestamp(at, UTC)
             if kind == _EVENT:
                 event = ordered[ei]
                 ei += 1
-                outcome = self.engine.handle_event(self.user(event.user_id), event, event.timestamp)
-                self._track(outcome.state)
-                for effect in outcome.effects:
-                    yield now, effect
-            elif kind == _SCHEDULE:
+                state = users.get(event.user_id) or self.user(event.user_id)
+                outcome = engine.handle_event(state, event, event.timestamp)
+                track(outcome.state)
+                if outcome.effects:
+                    now = datetime.fromtimestamp(at, UTC)
+                    for effect in outcome.effects:
+                        yield now, effect
+                continue
+            now = datetime.fromtimestamp(at, UTC)
+            if kind == _SCHEDULE:
                 jid = schedules[si][2]
                 si += 1
-                for user_id in sorted(self.users):
-                    outcome = self.engine.handle_schedule(self.users[user_id], jid, now, now)
-                    self._track(outcome.state)
+                for user_id in sorted(users):
+                    outcome = engine.handle_schedule(users[user_id], jid, now, now)
+                    track(outcome.state)
                     for effect in outcome.effects:
                         yield now, effect
             else:
                 heapq.heappop(self._wakes)
-                outcome = self.engine.handle_tick(self.users[wake[1]], now)  # type: ignore[index]
-                self._track(outcome.state)
+                self._indexed.pop(wake[1], None)  # type: ignore[index]
+                outcome = engine.handle_tick(users[wake[1]], now)  # type: ignore[index]
+                track(outcome.state)
                 for effect in outcome.effects:
                     yield now, effect
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from engine.events import Event
@@ -33,6 +33,7 @@ from engine.runtime.state import Run, UserState
 from engine.runtime.steps import StepRunner, Turn
 
 MAX_DUE_PER_INPUT = 10_000
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class Engine:
         self.metrics_by_name = {metric.name: metric for metric in self.metrics}
         self.segments_reading_all = {n for n, _c, d, _t in self.segments if ALL in d}
         self.segments_reading_time = {n for n, _c, _d, t in self.segments if t}
+        self._affected: dict[tuple[frozenset[str], bool], frozenset[str]] = {}
         self.segments_by_field: dict[str, set[str]] = {}
         for name, _c, segment_deps, _t in self.segments:
             for dep in segment_deps:
@@ -98,6 +100,24 @@ class Engine:
                 self.dated.append(program)
             elif kind == "inactivity":
                 self.idle.append(program)
+        # (journey, seconds of inactivity) for `next_due`, which runs on every input.
+        self.idle_spans = [
+            (p.journey.journey, p.journey.trigger.inactivity.for_.total_seconds())  # type: ignore[union-attr]
+            for p in self.idle
+        ]
+        # Per event type, the journeys whose runs it can move (an exit_on or a wait_for
+        # naming it): for any other run `StepRunner.on_event` does nothing.
+        self.listeners: dict[str, set[str]] = {}
+        for jid, program in self.programs.items():
+            types = set(program.exit_on)
+            types.update(n.spec.event for n in program.nodes.values() if n.kind == "wait_for")
+            for event_type in types:
+                self.listeners.setdefault(event_type, set()).add(jid)
+        # (journey, the event types that count as activity; None: all of them).
+        self.idle_counted = [
+            (p.journey.journey, _frozen(p.journey.trigger.inactivity.events))  # type: ignore[union-attr]
+            for p in self.idle
+        ]
         deps: set[str] = set()
         for program in self.dated:
             deps |= {program.journey.trigger.date.attribute, "timezone"}  # type: ignore[union-attr]
@@ -184,14 +204,18 @@ class Engine:
             if metric.when is not None and not turn.check(metric.when, at, event=event):
                 continue
             if metric.fold(state.metrics.setdefault(metric.name, {}), event.properties, at):
-                changed.add(f"metrics.{metric.name}")
-        if not event.emitted and not event.type.startswith("message."):
+                changed.add(metric.field)
+        if self.idle_counted and not event.emitted and not event.type.startswith("message."):
             self._note_activity(turn, event.type, at)
         # Runs and goals that existed before this event see it first; runs the event itself
         # starts (through a segment edge or its trigger) must not count it as their own goal.
-        for run in list(state.runs.values()):
-            self.steps.on_event(turn, run, event, at)
-        self._check_goals(turn, event, at)
+        listening = self.listeners.get(event.type)
+        if listening and state.runs:
+            for run in list(state.runs.values()):
+                if run.journey in listening:
+                    self.steps.on_event(turn, run, event, at)
+        if state.goals:
+            self._check_goals(turn, event, at)
         if changed:
             self.steps.profile_changed(turn, at, changed)
         else:
@@ -205,55 +229,65 @@ class Engine:
 
     def _note_activity(self, turn: Turn, event_type: str, at: float) -> None:
         state = turn.state
-        for program in self.idle:
-            counted: list[str] | None = program.journey.trigger.inactivity.events  # type: ignore[union-attr]
+        for jid, counted in self.idle_counted:
             if counted is not None and event_type not in counted:
                 continue
-            jid = program.journey.journey
             if state.activity.get(jid, float("-inf")) <= at:
                 state.activity[jid] = at
             if jid in state.idle_fired:
                 state.idle_fired.remove(jid)
 
     def _check_goals(self, turn: Turn, event: Event, at: float) -> None:
-        state = turn.state
-        for jid in list(state.goals):
-            deadline, variant, *rest = state.goals[jid]
-            if at > deadline:
-                del state.goals[jid]
+        goals = turn.state.goals
+        if not goals:
+            return
+        for jid in list(goals):
+            entry = goals[jid]  # [deadline, variant] or [deadline, variant, entered_at]
+            if at > entry[0]:
+                del goals[jid]
                 continue
-            if rest and at < rest[0]:
+            if len(entry) > 2 and at < entry[2]:
                 continue  # a late event from before the entry is not this run's conversion
+            variant = entry[1]
             program = self.programs.get(jid)
             goal = program.journey.goal if program else None
             if goal is None or program is None or goal.event != event.type:
                 continue
             if program.goal_when is not None and not turn.check(program.goal_when, at, event=event):
                 continue
-            del state.goals[jid]
+            del goals[jid]
             turn.count("herald_goals_total", journey=jid, variant=variant or "")
             turn.trace(at, jid, "goal", f"goal {goal.event} reached")
 
     # ------------------------------------------------------------------ time
 
     def next_due(self, state: UserState) -> tuple[float, str, str] | None:
-        """The earliest thing due for this user: (time, kind, journey)."""
+        """The earliest thing due for this user: (time, kind, journey); ties go to the smaller
+        (kind, journey). Runs on every input, so candidates later than the best so far are
+        skipped before any tuple is built."""
         best: tuple[float, str, str] | None = None
+        bound = _NEVER
         for jid, run in state.runs.items():
-            if run.wake_at is not None and (best is None or (run.wake_at, "run", jid) < best):
-                best = (run.wake_at, "run", jid)
+            when = run.wake_at
+            if when is not None and when <= bound:
+                candidate = (when, "run", jid)
+                if best is None or candidate < best:
+                    best, bound = candidate, when
         for jid, (when, _key) in state.dates.items():
-            if when is not None and (best is None or (when, "date", jid) < best):
-                best = (when, "date", jid)
-        for program in self.idle:
-            jid = program.journey.journey
-            last = state.activity.get(jid)
+            if when is not None and when <= bound:
+                candidate = (when, "date", jid)
+                if best is None or candidate < best:
+                    best, bound = candidate, when
+        activity = state.activity
+        for jid, span in self.idle_spans:
+            last = activity.get(jid)
             if last is None or jid in state.idle_fired:
                 continue
-            span: timedelta = program.journey.trigger.inactivity.for_  # type: ignore[union-attr]
-            due = last + span.total_seconds()
-            if best is None or (due, "idle", jid) < best:
-                best = (due, "idle", jid)
+            when = last + span
+            if when <= bound:
+                candidate = (when, "idle", jid)
+                if best is None or candidate < best:
+                    best, bound = candidate, when
         return best
 
     def _advance(self, turn: Turn, until: float, *, inclusive: bool, cached: bool = False) -> None:
@@ -300,9 +334,30 @@ class Engine:
         turn.failure(turn.now, "", "", "too many due items in one input; the rest wait")
         return Outcome(turn.state, turn.effects)
 
+    def segments_affected(self, changed: set[str], sweep: bool) -> frozenset[str]:
+        """The segments a change to the `changed` fields (plus, on a sweep, the passing of
+        time) can move. Memoised: most inputs change the same one or two fields (a metric,
+        `lead_score`), usually read by no segment at all."""
+        key = (frozenset(changed), sweep)
+        found = self._affected.get(key)
+        if found is None:
+            names = set(self.segments_reading_all)
+            for name in changed:
+                names.update(self.segments_by_field.get(name, ()))
+            if sweep:
+                names.update(self.segments_reading_time)
+            if len(self._affected) >= 4096:  # field names come from data: stay bounded
+                self._affected.clear()
+            found = self._affected[key] = frozenset(names)
+        return found
+
     def segment_reads_time(self, name: str) -> bool:
         """Whether a segment's membership can change with time alone (it reads the clock)."""
         return any(n == name and (ALL in deps or t) for n, _c, deps, t in self.segments)
+
+
+def _frozen(items: list[str] | None) -> frozenset[str] | None:
+    return None if items is None else frozenset(items)
 
 
 __all__ = [

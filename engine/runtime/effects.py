@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from engine.events import Event
+from engine.events import Event, format_instant
 from engine.runtime.state import UserState
 
 
@@ -15,7 +15,7 @@ from engine.runtime.state import UserState
 def iso(ts: float) -> str:
     """The spec's time format: ISO 8601 with an explicit +00:00 (cached: one input formats
     the same instant for its entry context, ids and journey context several times)."""
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+    return format_instant(datetime.fromtimestamp(ts, UTC))
 
 
 @dataclass(frozen=True, slots=True)

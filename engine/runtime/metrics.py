@@ -7,11 +7,11 @@ staying accurate to one bucket at the window's far edge.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from engine.expressions import Condition, compile_condition
 from engine.language.journey import MetricSpec
+from engine.runtime.effects import iso
 
 _DAY = 86400.0
 
@@ -28,10 +28,11 @@ def bucket_width(window_s: float) -> float:
 class CompiledMetric:
     """A metric ready to fold events in and read its value at a time."""
 
-    __slots__ = ("aggregate", "event_type", "name", "path", "when", "width", "window")
+    __slots__ = ("aggregate", "event_type", "field", "name", "path", "when", "width", "window")
 
     def __init__(self, name: str, spec: MetricSpec) -> None:
         self.name = name
+        self.field = f"metrics.{name}"  # the profile field a fold changes (see runtime.deps)
         self.aggregate = spec.aggregate
         self.event_type = spec.event_type
         self.path = spec.property_path
@@ -41,15 +42,7 @@ class CompiledMetric:
 
     def _value_of(self, properties: dict[str, Any], at: float) -> Any:
         if not self.path:
-            return (
-                datetime.fromtimestamp(at, UTC).isoformat()
-                if self.aggregate
-                in (
-                    "first",
-                    "last",
-                )
-                else 1
-            )
+            return iso(at) if self.aggregate in ("first", "last") else 1
         value: Any = properties
         for part in self.path:
             if not isinstance(value, dict):

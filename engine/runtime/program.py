@@ -7,6 +7,7 @@ lookup, not a walk of the YAML tree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from engine.language.steps import (
     SplitStep,
     Step,
 )
+from engine.templates import value_names
 
 
 @dataclass(slots=True)
@@ -32,6 +34,9 @@ class Node:
     arms: list[tuple[Condition | None, str | None]] = field(default_factory=list)
     split: list[tuple[str, float, str | None]] = field(default_factory=list)
     when: Condition | None = None
+    # update_profile, emit, webhook: the render context names the step's templates read
+    # (None: all of them, e.g. for a `send`, whose template is chosen at send time).
+    names: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -46,6 +51,14 @@ class Program:
     audience: Condition | None
     exit_on: dict[str, list[Condition | None]]
     goal_when: Condition | None
+
+
+# What each step kind renders (see `StepRunner`): its template strings' names are known here.
+_RENDERED: dict[str, Callable[[Any], Any]] = {
+    "update_profile": lambda spec: spec.set,
+    "emit": lambda spec: spec.properties,
+    "webhook": lambda spec: [spec.url, spec.body, spec.headers],
+}
 
 
 def _step_payload(step: Step) -> Any:
@@ -87,6 +100,8 @@ def _compile_list(
                 node.split.append((split_arm.name, cumulative, first))
         elif kind == "wait_for" and step.wait_for.when:  # type: ignore[union-attr]
             node.when = compile_condition(step.wait_for.when)  # type: ignore[union-attr]
+        elif kind in _RENDERED:
+            node.names = value_names(_RENDERED[kind](node.spec))
         nodes[node_id] = node
         next_id = node_id
     return next_id

@@ -6,16 +6,18 @@ view of the profile); `StepRunner` holds the step semantics of journeys.md.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, tzinfo
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from engine.errors import TemplateRenderError
 from engine.events import Event
-from engine.expressions import Condition, build_context
+from engine.expressions import Condition, clock_context, to_moment
 from engine.localtime import QuietHours, next_date_trigger, next_local_time, zone
-from engine.runtime.deps import ALL, affected
+from engine.runtime.deps import ALL, TIME_NAMES, affected
 from engine.runtime.effects import Count, Effect, Emitted, Failure, Message, Trace, iso
 from engine.runtime.ids import emitted_event_id, firing_entry_id, message_id, split_point
 from engine.runtime.metrics import CompiledMetric
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 SWEEP_INTERVAL_S = 3600.0
 ADDRESS_FIELDS = {"email": "email", "sms": "phone", "wechat": "wechat_openid"}
 MAX_DEPTH = 8
+RENDER_NAMES = frozenset({"profile", "event", "journey", "now", "unsubscribe_url"})
 
 
 def utc(ts: float) -> datetime:
@@ -50,6 +53,12 @@ def user_zone(state: UserState, program: Program) -> tzinfo:
     return zone(program.journey.timezone)
 
 
+# Counts are immutable values and most inputs emit a few of the same ones: built once each.
+_COUNTS: dict[tuple[Any, ...], Count] = {}
+# `journey` as a condition sees it, or a function that makes it when a condition reads it.
+JourneyArg = dict[str, Any] | Callable[[], dict[str, Any]] | None
+
+
 class MetricsView(dict[str, Any]):
     """`profile.metrics`, computed on first read: most inputs read none or one of them."""
 
@@ -58,7 +67,7 @@ class MetricsView(dict[str, Any]):
     def __init__(
         self, metrics: dict[str, CompiledMetric], state: dict[str, Any], at: float
     ) -> None:
-        super().__init__()
+        # No dict.__init__ call: the (empty) dict is made by dict.__new__ already.
         self._metrics = metrics
         self._state = state
         self._at = at
@@ -86,7 +95,8 @@ class Turn:
     """The working set of one input."""
 
     __slots__ = (
-        "_base",
+        "_clock",
+        "_clock_at",
         "_event_ctx",
         "_view",
         "_view_at",
@@ -95,6 +105,7 @@ class Turn:
         "engine",
         "now",
         "state",
+        "tracing",
         "trust_wake",
     )
 
@@ -105,15 +116,16 @@ class Turn:
         self.effects: list[Effect] = []
         self.depth = 0
         self.trust_wake = True
+        self.tracing = engine.options.trace
         self._view: dict[str, Any] | None = None
         self._view_at = 0.0
-        self._base: dict[str, Any] | None = None
+        self._clock: dict[str, Any] | None = None
+        self._clock_at = 0.0
         self._event_ctx: tuple[Event | None, dict[str, Any] | None] = (None, None)
 
     def touch(self) -> None:
         """The profile changed: the cached view must be rebuilt."""
         self._view = None
-        self._base = None
 
     def profile_view(self, at: float) -> dict[str, Any]:
         """`profile` as conditions and templates see it: traits, tags, metrics, segments."""
@@ -125,32 +137,49 @@ class Turn:
             view["metrics"] = MetricsView(self.engine.metrics_by_name, state.metrics, at)
             view["segments"] = list(state.segments)
             self._view, self._view_at = view, at
-            self._base = None
         return self._view
+
+    def clock(self, at: float, *, moment: bool) -> dict[str, Any]:
+        """The time helpers, and `now` if `moment` (a `Moment` costs ~1.5 µs): built once per
+        instant."""
+        clock = self._clock
+        if clock is None or self._clock_at != at:
+            clock = self._clock = clock_context(utc(at), moment=False)
+            self._clock_at = at
+        if moment and "now" not in clock:
+            clock["now"] = to_moment(clock["_now"])
+        return clock
+
+    def event_context(self, event: Event | dict[str, Any] | None) -> dict[str, Any] | None:
+        """The `event` name: an Event's context dict is built once per input."""
+        if not isinstance(event, Event):
+            return event
+        cached_event, cached_ctx = self._event_ctx
+        if cached_event is not event:
+            cached_ctx = event.as_context()
+            self._event_ctx = (event, cached_ctx)
+        return cached_ctx
 
     def context(
         self,
+        condition: Condition,
         at: float,
-        *,
-        event: Event | dict[str, Any] | None = None,
-        journey: dict[str, Any] | None = None,
+        event: Event | dict[str, Any] | None,
+        journey: JourneyArg,
     ) -> dict[str, Any]:
-        """The names a condition sees; the shared part is built once per profile version."""
-        view = self.profile_view(at)
-        base = self._base
-        if base is None:
-            base = self._base = build_context(now=utc(at), event=None, profile=view, journey=None)
-        if event is None and journey is None:
-            return base
-        if isinstance(event, Event):
-            cached_event, cached_ctx = self._event_ctx
-            if cached_event is not event:
-                cached_ctx = event.as_context()
-                self._event_ctx = (event, cached_ctx)
-            event = cached_ctx
-        ctx = dict(base)
-        ctx["event"] = event
-        ctx["journey"] = journey
+        """The names `condition` reads, and only those: most conditions read one of `event`
+        or `profile`, and building the others (a profile copy, a `Moment`) costs more than
+        evaluating the condition."""
+        names = condition.names
+        ctx: dict[str, Any] = {}
+        if "profile" in names:
+            ctx["profile"] = self.profile_view(at)
+        if "event" in names:
+            ctx["event"] = self.event_context(event)
+        if "journey" in names:
+            ctx["journey"] = journey() if callable(journey) else journey
+        if not names.isdisjoint(TIME_NAMES):
+            ctx.update(self.clock(at, moment="now" in names))
         return ctx
 
     def check(
@@ -159,13 +188,16 @@ class Turn:
         at: float,
         *,
         event: Event | dict[str, Any] | None = None,
-        journey: dict[str, Any] | None = None,
+        journey: JourneyArg = None,
         owner: str = "",
     ) -> bool:
         """Evaluate a condition; a run-time error makes it false and is counted (under
-        `owner`, or the journey's id)."""
-        ok, error = condition.test(self.context(at, event=event, journey=journey))
+        `owner`, or the journey's id). `journey` may be a function making the dict: it is
+        called only if the condition reads `journey`."""
+        ok, error = condition.test(self.context(condition, at, event, journey))
         if error is not None:
+            if callable(journey):
+                journey = journey()
             jid = owner or (journey or {}).get("id", "")
             self.count("herald_condition_errors_total", journey=jid)
             self.trace(at, jid, "", f"condition {condition.source!r} failed: {error}")
@@ -173,11 +205,18 @@ class Turn:
 
     def count(self, metric: str, **labels: str) -> None:
         """Increment a counter (the shell aggregates them)."""
-        self.effects.append(Count(metric, tuple(sorted(labels.items()))))
+        key = (metric, *labels.items())
+        found = _COUNTS.get(key)
+        if found is None:
+            if len(_COUNTS) >= 4096:  # label values come from the rules; this only bounds misuse
+                _COUNTS.clear()
+            found = _COUNTS[key] = Count(metric, tuple(sorted(labels.items())))
+        self.effects.append(found)
 
     def trace(self, at: float, journey: str, step: str, what: str) -> None:
-        """Record a step taken, when tracing is on."""
-        if self.engine.options.trace:
+        """Record a step taken, when tracing is on (callers test `tracing` first when making
+        the text costs more than a format of plain strings)."""
+        if self.tracing:
             self.effects.append(Trace(at, self.state.user_id, journey, step, what))
 
     def failure(self, at: float, journey: str, step: str, reason: str) -> None:
@@ -199,6 +238,7 @@ class StepRunner:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._quiet = lru_cache(maxsize=64)(QuietHours)  # immutable: one per window in the rules
 
     # ------------------------------------------------------------ profile
 
@@ -246,11 +286,7 @@ class StepRunner:
         if changed is None or ALL in changed:
             check = None  # everything
         else:
-            check = set(engine.segments_reading_all)
-            for name in changed:
-                check.update(engine.segments_by_field.get(name, ()))
-            if sweep:
-                check.update(engine.segments_reading_time)
+            check = engine.segments_affected(changed, sweep)
             if not check:
                 return
         before = set(state.segments)
@@ -362,7 +398,8 @@ class StepRunner:
         if journey.goal is not None:
             state.goals[jid] = [at + journey.goal.within.total_seconds(), None, at]
         turn.count("herald_journey_entries_total", journey=jid)
-        turn.trace(at, jid, program.first, f"entered ({entry_id})")
+        if turn.tracing:
+            turn.trace(at, jid, program.first, f"entered ({entry_id})")
         self.execute(turn, program, run, at)
 
     def end_run(self, turn: Turn, run: Run, at: float, reason: str) -> None:
@@ -371,7 +408,8 @@ class StepRunner:
         state.runs.pop(run.journey, None)
         state.ended[run.journey] = at
         turn.count("herald_journey_exits_total", journey=run.journey, reason=reason)
-        turn.trace(at, run.journey, run.step, f"exit ({reason})")
+        if turn.tracing:
+            turn.trace(at, run.journey, run.step, f"exit ({reason})")
 
     def on_event(self, turn: Turn, run: Run, event: Event, at: float) -> None:
         """An event reaches an active run: `exit_on` first, then a waiting `wait_for`."""
@@ -380,8 +418,11 @@ class StepRunner:
             return
         if at < run.entered_at:
             return  # a late event from before the run began cannot exit or resume it
-        jctx = _journey_ctx(program, run)
-        for condition in program.exit_on.get(event.type, ()):
+        exits = program.exit_on.get(event.type)
+        if exits is None and not run.waiting:
+            return  # the usual case: nothing of this run listens to this event
+        jctx = partial(_journey_ctx, program, run)  # built only if a condition reads it
+        for condition in exits or ():
             if condition is None or turn.check(condition, at, event=event, journey=jctx):
                 self.end_run(turn, run, at, "exit_on")
                 return
@@ -463,9 +504,9 @@ class StepRunner:
         if kind == "wait_for":
             run.waiting = True
             run.wake_at = at + node.spec.within.total_seconds()
-            turn.trace(
-                at, run.journey, node.id, f"wait for {node.spec.event} until {iso(run.wake_at)}"
-            )
+            if turn.tracing:
+                what = f"wait for {node.spec.event} until {iso(run.wake_at)}"
+                turn.trace(at, run.journey, node.id, what)
             return BLOCK
         if kind == "branch":
             return self._branch(turn, program, run, node, at)
@@ -483,18 +524,19 @@ class StepRunner:
 
     def _wait(self, turn: Turn, program: Program, run: Run, node: Node, at: float) -> object:
         spec = node.spec
-        if hasattr(spec, "until"):
-            when = next_local_time(utc(at), spec.until, user_zone(turn.state, program)).timestamp()
-        else:
+        if isinstance(spec, timedelta):
             when = at + spec.total_seconds()
+        else:  # {until: "10:00"}
+            when = next_local_time(utc(at), spec.until, user_zone(turn.state, program)).timestamp()
         if when <= at:
             return NEXT
         run.wake_at = when
-        turn.trace(at, run.journey, node.id, f"wait until {iso(when)}")
+        if turn.tracing:
+            turn.trace(at, run.journey, node.id, f"wait until {iso(when)}")
         return BLOCK
 
     def _branch(self, turn: Turn, program: Program, run: Run, node: Node, at: float) -> object:
-        jctx = _journey_ctx(program, run)
+        jctx = partial(_journey_ctx, program, run)  # built only if a condition reads it
         for condition, first in node.arms:
             if condition is None or turn.check(condition, at, event=run.entry_event, journey=jctx):
                 taken = condition.source if condition else "else"
@@ -514,21 +556,34 @@ class StepRunner:
         return NEXT
 
     def _render_ctx(
-        self, turn: Turn, program: Program, run: Run, at: float, channel: str
+        self,
+        turn: Turn,
+        program: Program,
+        run: Run,
+        at: float,
+        channel: str,
+        names: frozenset[str] | None,
     ) -> dict[str, Any]:
-        options = self.engine.options
-        return {
-            "profile": turn.profile_view(at),
-            "event": run.entry_event,
-            "journey": _journey_ctx(program, run),
-            "now": utc(at),
-            "unsubscribe_url": unsubscribe_url(
+        """What templates see; only the `names` they read are built (None: all of them)."""
+        wanted = RENDER_NAMES if names is None else names
+        ctx: dict[str, Any] = {}
+        if "profile" in wanted:
+            ctx["profile"] = turn.profile_view(at)
+        if "event" in wanted:
+            ctx["event"] = run.entry_event
+        if "journey" in wanted:
+            ctx["journey"] = _journey_ctx(program, run)
+        if "now" in wanted:
+            ctx["now"] = utc(at)
+        if "unsubscribe_url" in wanted:
+            options = self.engine.options
+            ctx["unsubscribe_url"] = unsubscribe_url(
                 options.unsubscribe_base_url,
                 options.unsubscribe_secret,
                 turn.state.user_id,
                 channel,
-            ),
-        }
+            )
+        return ctx
 
     def _send(
         self, turn: Turn, program: Program, run: Run, node: Node, at: float, resumed: bool
@@ -549,14 +604,14 @@ class StepRunner:
             return self._suppress(turn, run, node, at, channel, f"no {field}")
         quiet = program.journey.quiet_hours or self.engine.rules.settings.quiet_hours
         if quiet is not None and not resumed:
-            deferred = QuietHours(quiet.start, quiet.end).defer(utc(at), user_zone(state, program))
+            deferred = self._quiet(quiet.start, quiet.end).defer(utc(at), user_zone(state, program))
             if deferred.timestamp() > at:
                 run.wake_at = deferred.timestamp()
-                turn.trace(at, jid, node.id, f"quiet hours: deferred to {iso(run.wake_at)}")
+                if turn.tracing:
+                    turn.trace(at, jid, node.id, f"quiet hours: deferred to {iso(run.wake_at)}")
                 return BLOCK
         if self._capped(turn, program, at, channel):
             return self._suppress(turn, run, node, at, channel, "frequency cap")
-        ctx = self._render_ctx(turn, program, run, at, channel)
         try:
             if spec.template is not None:
                 template = self.engine.rules.templates.resolve(
@@ -564,6 +619,7 @@ class StepRunner:
                 )
             else:
                 template = compile_inline(spec.subject, spec.body, origin=f"{jid}:{node.id}")
+            ctx = self._render_ctx(turn, program, run, at, channel, template.names)
             rendered = template.render(ctx)
         except TemplateRenderError as exc:
             turn.count("herald_messages_total", channel=channel, status="failed")
@@ -587,7 +643,8 @@ class StepRunner:
             )
         )
         self._record_send(turn, program, at, channel)
-        turn.trace(at, jid, node.id, f"send {channel} to {to}")
+        if turn.tracing:
+            turn.trace(at, jid, node.id, f"send {channel} to {to}")
         return NEXT
 
     def _suppress(
@@ -623,7 +680,7 @@ class StepRunner:
     ) -> None:
         spec = node.spec
         profile = turn.state.profile
-        ctx = self._render_ctx(turn, program, run, at, "profile")
+        ctx = self._render_ctx(turn, program, run, at, "profile", node.names)
         try:
             values = {key: _render(value, ctx) for key, value in spec.set.items()}
         except TemplateRenderError as exc:
@@ -651,7 +708,7 @@ class StepRunner:
 
     def _emit(self, turn: Turn, program: Program, run: Run, node: Node, at: float) -> None:
         state = turn.state
-        ctx = self._render_ctx(turn, program, run, at, "emit")
+        ctx = self._render_ctx(turn, program, run, at, "emit", node.names)
         try:
             properties = _render(node.spec.properties, ctx)
         except TemplateRenderError as exc:
@@ -680,7 +737,7 @@ class StepRunner:
 
     def _webhook(self, turn: Turn, program: Program, run: Run, node: Node, at: float) -> None:
         spec = node.spec
-        ctx = self._render_ctx(turn, program, run, at, "webhook")
+        ctx = self._render_ctx(turn, program, run, at, "webhook", node.names)
         try:
             url = str(_render(spec.url, ctx))
             body = _render(spec.body, ctx)

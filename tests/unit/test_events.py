@@ -17,6 +17,7 @@ from engine.events import (
     Event,
     decode_record,
     encode_events,
+    format_instant,
     pack_records,
     parse_event,
     parse_event_line,
@@ -525,3 +526,29 @@ def test_wire_timestamp_is_isoformat(micro: int) -> None:
         [item] = orjson.loads(encode_events([e]))[PACK_KEY]
         assert item == e.to_json_dict()
         assert item["timestamp"] == ts.isoformat()
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 5, 1, 10, 30, tzinfo=UTC),
+        datetime(2026, 5, 1, 10, 30, 0, 1, tzinfo=UTC),
+        datetime(2026, 5, 1, 10, 30, 0, 999999, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime.fromtimestamp(-1.5, UTC),
+        datetime(2026, 5, 1, 10, 30, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2026, 5, 1, 10, 30, tzinfo=ZoneInfo("Asia/Shanghai")),
+        datetime(2026, 5, 1, 10, 30),
+    ],
+)
+def test_format_instant_is_isoformat(moment: datetime) -> None:
+    assert format_instant(moment) == moment.isoformat()
+
+
+def test_format_instant_is_isoformat_over_many_instants() -> None:
+    step = 86400 * 365.25 * 300 / 20011 + 0.123457
+    for i in range(20011):
+        moment = datetime.fromtimestamp(-2e9 + i * step, UTC)
+        assert format_instant(moment) == moment.isoformat()

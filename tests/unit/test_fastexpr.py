@@ -18,7 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ExpressionError, TemplateRenderError
-from engine.expressions import build_context, compile_condition, compile_expression_value
+from engine.expressions import (
+    build_context,
+    clock_context,
+    compile_condition,
+    compile_expression_value,
+)
 from engine.fastexpr import NeedsJinja, compile_fast
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -347,6 +352,40 @@ def test_the_tables_are_big_enough() -> None:
 @pytest.mark.parametrize("source", FAST_EXPRESSIONS + JINJA_EXPRESSIONS)
 def test_fast_path_agrees_with_jinja(source: str, name: str) -> None:
     _assert_paths_agree(source, CONTEXTS[name])
+
+
+def _narrowed(source: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    """What the runtime's `Turn.context` passes: only the names the expression reads, plus
+    the clock (`_now`, the helpers, and `now` only if named) when it reads a time name."""
+    names = compile_condition(source).names
+    narrow = {k: v for k, v in ctx.items() if k in names and k in ("event", "profile", "journey")}
+    if names & {"now", "ago", "days_since", "within", "datetime"}:
+        narrow.update(clock_context(NOW, moment="now" in names))
+    return narrow
+
+
+@pytest.mark.parametrize("name", ["full", "empty", "wrong_types", "epochs_and_mappings"])
+@pytest.mark.parametrize("source", FAST_EXPRESSIONS + JINJA_EXPRESSIONS)
+def test_a_context_narrowed_to_the_names_read_changes_nothing(source: str, name: str) -> None:
+    full = CONTEXTS[name]
+    narrow = _narrowed(source, full)
+    condition = compile_condition(source)
+    assert condition.test(narrow) == condition.test(full)
+    assert condition.jinja_only().test(narrow) == condition.jinja_only().test(full)
+    assert _outcome(source, narrow, jinja=False) == _outcome(source, full, jinja=False)
+    assert _outcome(source, narrow, jinja=True) == _outcome(source, full, jinja=True)
+    _assert_paths_agree(source, narrow)
+
+
+def test_names_are_the_root_names_read() -> None:
+    assert compile_condition("event.properties.value >= 50").names == {"event"}
+    assert compile_condition("profile").names == {"profile"}
+    assert compile_condition("days_since(profile.x) > 2 and journey.id").names == {
+        "days_since",
+        "profile",
+        "journey",
+    }
+    assert compile_condition("1 < 2").names == frozenset()
 
 
 @pytest.mark.parametrize("source", FAST_EXPRESSIONS)

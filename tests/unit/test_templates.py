@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jinja2 import StrictUndefined, Undefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+import engine.templates as templates_module
 from engine.errors import ExpressionError, TemplateRenderError
 from engine.templates import (
     Rendered,
@@ -16,6 +19,7 @@ from engine.templates import (
     format_date,
     money,
     render_value,
+    value_names,
 )
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -358,3 +362,67 @@ def test_filters_in_templates() -> None:
     assert template.render(context()).body == "1,234.50 on 2026-05-01"
     with pytest.raises(TemplateRenderError, match="unknown time zone"):
         compile_inline(None, "{{ now | date('%H', 'Mars/Base') }}", origin="x").render(context())
+
+
+# --------------------------------------------------------------------------- fast paths
+
+_REFERENCE = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+
+
+class _Sub(dict[str, Any]):
+    """A dict subclass: not the shortcut's business."""
+
+    def __getattr__(self, name: str) -> Any:
+        return f"attr:{name}"
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"first_name": "Ann", "items": "key", "__class__": "key", "keys": 1, "": 2},
+        {},
+        _Sub(first_name="Ann"),
+        "text",
+        [1, 2],
+        None,
+    ],
+)
+@pytest.mark.parametrize(
+    "attribute",
+    ["first_name", "missing", "items", "keys", "get", "__class__", "__dict__", "mro", "", "_x"],
+)
+def test_template_getattr_matches_the_sandbox(obj: Any, attribute: str) -> None:
+    def outcome(env: Any) -> Any:
+        try:
+            value = env.getattr(obj, attribute)
+        except Exception as exc:  # pragma: no cover - neither raises for these
+            return ("raised", type(exc))
+        if isinstance(value, Undefined):
+            return ("undefined", type(value), value._undefined_name, value._undefined_hint)
+        return ("value", value)
+
+    assert outcome(templates_module._ENV) == outcome(_REFERENCE)
+
+
+def test_template_names_are_what_it_reads() -> None:
+    template = compile_inline(
+        "Hi {{ profile.first_name }}",
+        "{% set x = 1 %}{{ x }} {{ event.properties.sku }} {{ unsubscribe_url }}",
+        origin="t",
+    )
+    assert template.names == {"profile", "event", "unsubscribe_url"}
+    assert compile_inline(None, "plain", origin="t2").names == frozenset()
+
+
+def test_value_names() -> None:
+    assert value_names("no template") == frozenset()
+    assert value_names({"a": "{{ profile.x }}", "b": ["{{ now.year }}", 3]}) == {"profile", "now"}
+    assert value_names(["{{ broken"]) is None
+    assert value_names(None) == frozenset()
+
+
+def test_templates_still_see_the_environment_globals() -> None:
+    body = "{% for i in range(2) %}{{ i }}{% endfor %}"
+    body += "{% set ns = namespace(n=dict(a=1)) %}{{ ns.n.a }}"
+    assert compile_inline(None, body, origin="globals").render(context()).body == "011"
+    assert render_value("{{ range(3) | list }}", context()) == "[0, 1, 2]"
