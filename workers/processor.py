@@ -159,36 +159,42 @@ class BatchProcessor:
         if self.clock.event_time:
             await self._load_watermarks(partitions)
         per_user, first_clock = self._order(decoded, wall, report)
-        users = list(per_user)
-        docs = await self.store.load(users)
-        report.redis_ops += len(users)
-        by_partition: dict[int, list[tuple[str, bytes | None]]] = {p: [] for p in partitions}
-        for (partition, user_id), doc in zip(users, docs, strict=True):
-            by_partition[partition].append((user_id, doc))
+        users_of: dict[int, list[str]] = {}
+        for partition, user_id in per_user:
+            users_of.setdefault(partition, []).append(user_id)
+        report.redis_ops += len(per_user)
         letters_of: dict[int, list[DeadLetter]] = defaultdict(list)
         for letter in letters:
             letters_of[letter.partition].append(letter)
-        # While later partitions are computed, earlier ones' acks and writes are in flight.
+        # One read per partition, all sent at once: later partitions' documents arrive while
+        # earlier ones are computed, and earlier ones' acks and writes are in flight meanwhile.
+        loading = {
+            p: asyncio.ensure_future(self.store.load([(p, u) for u in users]))
+            for p, users in sorted(users_of.items())
+        }
         persisting: list[asyncio.Task[None]] = []
-        for partition in sorted(by_partition.keys() | letters_of.keys()):
-            write = PartitionWrite(partition)
-            if self.clock.event_time and partition in partitions:
-                write.watermark = self.watermarks.get(partition)
-                write.first_watermark = first_clock.get(partition)
-            actions: list[tuple[str, int, bytes]] = []
-            dead = letters_of[partition]
-            for count, (user_id, doc) in enumerate(by_partition.get(partition, ()), 1):
-                inputs = per_user[(partition, user_id)]
-                self._run_user(
-                    partition, user_id, doc, inputs, write, actions, dead, report
-                )
-                if count % YIELD_EVERY_USERS == 0:
-                    await asyncio.sleep(0)
-            persisting.append(asyncio.create_task(self._persist(actions, dead, write, report)))
-            await asyncio.sleep(0)
-        # Every partition's writes settle before this returns, failed or not: a retry of the
-        # batch must not race a write still in flight.
-        for result in await asyncio.gather(*persisting, return_exceptions=True):
+        try:
+            for partition in sorted(partitions | letters_of.keys()):
+                write = PartitionWrite(partition)
+                if self.clock.event_time and partition in partitions:
+                    write.watermark = self.watermarks.get(partition)
+                    write.first_watermark = first_clock.get(partition)
+                users = users_of.get(partition, [])
+                docs = await loading[partition] if users else []
+                actions: list[tuple[str, int, bytes]] = []
+                dead = letters_of[partition]
+                for count, (user_id, doc) in enumerate(zip(users, docs, strict=True), 1):
+                    inputs = per_user[(partition, user_id)]
+                    self._run_user(partition, user_id, doc, inputs, write, actions, dead, report)
+                    if count % YIELD_EVERY_USERS == 0:
+                        await asyncio.sleep(0)
+                persisting.append(asyncio.create_task(self._persist(actions, dead, write, report)))
+                await asyncio.sleep(0)
+        finally:
+            # Everything in flight settles before this returns, failed or not: a retry of the
+            # batch must not race a write still under way.
+            settled = await asyncio.gather(*loading.values(), *persisting, return_exceptions=True)
+        for result in settled:
             if isinstance(result, BaseException):
                 raise result
         if self.clock.event_time:
