@@ -225,7 +225,8 @@ class Engine:
                 program.trigger_when, at, event=event, journey={"id": program.journey.journey}
             ):
                 continue
-            self.steps.try_start(turn, program, event.event_id, at, event.as_context(), event)
+            entry = turn.event_dict(event)  # what the trigger check read; never mutated
+            self.steps.try_start(turn, program, event.event_id, at, entry, event)
 
     def _note_activity(self, turn: Turn, event_type: str, at: float) -> None:
         state = turn.state
