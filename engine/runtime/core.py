@@ -144,7 +144,8 @@ class Engine:
         if not state.remember_event(event.event_id):
             turn.count("herald_events_duplicate_total")
             return self._finish(turn)
-        ts = event.timestamp.timestamp()
+        # The simulator passes the event's own timestamp as `now`: already converted.
+        ts = turn.now if now is event.timestamp else event.timestamp.timestamp()
         at = min(max(ts, turn.now - self.lateness), turn.now)
         self._advance(turn, at, inclusive=False, cached=True)
         self.apply_event(turn, event, at)
