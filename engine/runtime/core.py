@@ -275,7 +275,8 @@ class Engine:
                 candidate = (when, "run", jid)
                 if best is None or candidate < best:
                     best, bound = candidate, when
-        for jid, (when, _key) in state.dates.items():
+        for jid, entry in state.dates.items():  # [next firing, key]
+            when = entry[0]
             if when is not None and when <= bound:
                 candidate = (when, "date", jid)
                 if best is None or candidate < best:
