@@ -100,6 +100,18 @@ class Engine:
                 self.dated.append(program)
             elif kind == "inactivity":
                 self.idle.append(program)
+        deps: set[str] = set()
+        for program in self.dated:
+            deps |= {program.journey.trigger.date.attribute, "timezone"}  # type: ignore[union-attr]
+        self.date_deps = frozenset(deps)
+        self.dates_version = "|".join(
+            sorted(f"{p.journey.journey}:{p.version}" for p in self.dated)
+        )
+        self._index_hot_paths()
+        self.steps = StepRunner(self)
+
+    def _index_hot_paths(self) -> None:
+        """Lookups the per-input path uses so it can skip what cannot concern an input."""
         # (journey, seconds of inactivity) for `next_due`, which runs on every input.
         self.idle_spans = [
             (p.journey.journey, p.journey.trigger.inactivity.for_.total_seconds())  # type: ignore[union-attr]
@@ -118,14 +130,11 @@ class Engine:
             (p.journey.journey, _frozen(p.journey.trigger.inactivity.events))  # type: ignore[union-attr]
             for p in self.idle
         ]
-        deps: set[str] = set()
-        for program in self.dated:
-            deps |= {program.journey.trigger.date.attribute, "timezone"}  # type: ignore[union-attr]
-        self.date_deps = frozenset(deps)
-        self.dates_version = "|".join(
-            sorted(f"{p.journey.journey}:{p.version}" for p in self.dated)
-        )
-        self.steps = StepRunner(self)
+        # Every field a segment or a date trigger reads; None when one reads the whole profile.
+        watched = set(self.date_deps)
+        for _n, _c, segment_deps, _t in self.segments:
+            watched |= segment_deps
+        self.watched: frozenset[str] | None = None if ALL in watched else frozenset(watched)
 
     # ------------------------------------------------------------------ inputs
 
@@ -336,6 +345,11 @@ class Engine:
             self._fire(turn, *due)
         turn.failure(turn.now, "", "", "too many due items in one input; the rest wait")
         return Outcome(turn.state, turn.effects)
+
+    def watches_none_of(self, changed: set[str]) -> bool:
+        """Whether no segment and no date trigger reads any of the `changed` fields (the
+        usual case: a page view moves a metric nothing reads)."""
+        return self.watched is not None and ALL not in changed and changed.isdisjoint(self.watched)
 
     def segments_affected(self, changed: set[str], sweep: bool) -> frozenset[str]:
         """The segments a change to the `changed` fields (plus, on a sweep, the passing of

@@ -263,6 +263,9 @@ class StepRunner:
     def profile_changed(self, turn: Turn, at: float, changed: set[str]) -> None:
         """Re-evaluate what depends on the changed fields: date triggers and segment edges."""
         turn.touch()
+        if self.engine.watches_none_of(changed):
+            self.maybe_sweep(turn, at)  # all a refresh would do: see `refresh_segments`
+            return
         if self.engine.date_deps and affected(self.engine.date_deps, changed):
             self.sync_dates(turn, at)
         self.refresh_segments(turn, at, changed)
