@@ -701,10 +701,7 @@ def _helper_call(name: str, args: tuple[Fast, ...]) -> Fast:
 def _method_call(name: str, receiver: Fast, args: tuple[Fast, ...]) -> Fast:
     method = _STR_METHODS[name]
 
-    def call(ctx: Mapping[str, Any]) -> Any:
-        obj = receiver(ctx)
-        if type(obj) is str:
-            return method(obj, *[a(ctx) for a in args])
+    def other(obj: Any, ctx: Mapping[str, Any]) -> Any:
         names = _PYTHON_NAMES.get(type(obj))
         if obj is None or (names is not None and name not in names):
             # Jinja reads the attribute as None, evaluates the arguments, then calls it.
@@ -712,6 +709,21 @@ def _method_call(name: str, receiver: Fast, args: tuple[Fast, ...]) -> Fast:
                 arg(ctx)
             raise TypeError("'NoneType' object is not callable")
         raise NeedsJinja(name)  # a dict's key, a list's method...: Jinja's rules apply
+
+    if len(args) == 1:  # `.startswith('/pricing')`: the usual shape, without a list per call
+        (only,) = args
+
+        def call1(ctx: Mapping[str, Any]) -> Any:
+            obj = receiver(ctx)
+            return method(obj, only(ctx)) if type(obj) is str else other(obj, ctx)
+
+        return call1
+
+    def call(ctx: Mapping[str, Any]) -> Any:
+        obj = receiver(ctx)
+        if type(obj) is str:
+            return method(obj, *[a(ctx) for a in args])
+        return other(obj, ctx)
 
     return call
 

@@ -100,6 +100,18 @@ class Engine:
                 self.dated.append(program)
             elif kind == "inactivity":
                 self.idle.append(program)
+        deps: set[str] = set()
+        for program in self.dated:
+            deps |= {program.journey.trigger.date.attribute, "timezone"}  # type: ignore[union-attr]
+        self.date_deps = frozenset(deps)
+        self.dates_version = "|".join(
+            sorted(f"{p.journey.journey}:{p.version}" for p in self.dated)
+        )
+        self._index_hot_paths()
+        self.steps = StepRunner(self)
+
+    def _index_hot_paths(self) -> None:
+        """Lookups the per-input path uses so it can skip what cannot concern an input."""
         # (journey, seconds of inactivity) for `next_due`, which runs on every input.
         self.idle_spans = [
             (p.journey.journey, p.journey.trigger.inactivity.for_.total_seconds())  # type: ignore[union-attr]
@@ -118,14 +130,11 @@ class Engine:
             (p.journey.journey, _frozen(p.journey.trigger.inactivity.events))  # type: ignore[union-attr]
             for p in self.idle
         ]
-        deps: set[str] = set()
-        for program in self.dated:
-            deps |= {program.journey.trigger.date.attribute, "timezone"}  # type: ignore[union-attr]
-        self.date_deps = frozenset(deps)
-        self.dates_version = "|".join(
-            sorted(f"{p.journey.journey}:{p.version}" for p in self.dated)
-        )
-        self.steps = StepRunner(self)
+        # Every field a segment or a date trigger reads; None when one reads the whole profile.
+        watched = set(self.date_deps)
+        for _n, _c, segment_deps, _t in self.segments:
+            watched |= segment_deps
+        self.watched: frozenset[str] | None = None if ALL in watched else frozenset(watched)
 
     # ------------------------------------------------------------------ inputs
 
@@ -144,7 +153,8 @@ class Engine:
         if not state.remember_event(event.event_id):
             turn.count("herald_events_duplicate_total")
             return self._finish(turn)
-        ts = event.timestamp.timestamp()
+        # The simulator passes the event's own timestamp as `now`: already converted.
+        ts = turn.now if now is event.timestamp else event.timestamp.timestamp()
         at = min(max(ts, turn.now - self.lateness), turn.now)
         self._advance(turn, at, inclusive=False, cached=True)
         self.apply_event(turn, event, at)
@@ -225,7 +235,8 @@ class Engine:
                 program.trigger_when, at, event=event, journey={"id": program.journey.journey}
             ):
                 continue
-            self.steps.try_start(turn, program, event.event_id, at, event.as_context(), event)
+            entry = turn.event_dict(event)  # what the trigger check read; never mutated
+            self.steps.try_start(turn, program, event.event_id, at, entry, event)
 
     def _note_activity(self, turn: Turn, event_type: str, at: float) -> None:
         state = turn.state
@@ -273,7 +284,8 @@ class Engine:
                 candidate = (when, "run", jid)
                 if best is None or candidate < best:
                     best, bound = candidate, when
-        for jid, (when, _key) in state.dates.items():
+        for jid, entry in state.dates.items():  # [next firing, key]
+            when = entry[0]
             if when is not None and when <= bound:
                 candidate = (when, "date", jid)
                 if best is None or candidate < best:
@@ -333,6 +345,11 @@ class Engine:
             self._fire(turn, *due)
         turn.failure(turn.now, "", "", "too many due items in one input; the rest wait")
         return Outcome(turn.state, turn.effects)
+
+    def watches_none_of(self, changed: set[str]) -> bool:
+        """Whether no segment and no date trigger reads any of the `changed` fields (the
+        usual case: a page view moves a metric nothing reads)."""
+        return self.watched is not None and ALL not in changed and changed.isdisjoint(self.watched)
 
     def segments_affected(self, changed: set[str], sweep: bool) -> frozenset[str]:
         """The segments a change to the `changed` fields (plus, on a sweep, the passing of

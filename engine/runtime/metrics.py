@@ -52,8 +52,10 @@ class CompiledMetric:
 
     def fold(self, state: dict[str, Any], properties: dict[str, Any], at: float) -> bool:
         """Add one event to the metric's state; False when the event carried no usable value."""
-        value = self._value_of(properties, at)
         agg = self.aggregate
+        # A count ignores the event's value (reading it has no effect): page views are counted
+        # on every event, so skip the lookup.
+        value = 1 if agg == "count" else self._value_of(properties, at)
         if agg in ("first", "last"):
             if value is None:
                 return False
@@ -61,11 +63,8 @@ class CompiledMetric:
                 state["v"] = value
                 state["t"] = at
             return True
-        if agg != "count":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                return False
-        else:
-            value = 1
+        if agg != "count" and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return False
         if self.window is None:
             state["v"] = _combine(agg, state.get("v"), value)
             return True

@@ -152,10 +152,12 @@ class Turn:
 
     def event_context(self, event: Event | dict[str, Any] | None) -> dict[str, Any] | None:
         """The `event` name: an Event's context dict is built once per input."""
-        if not isinstance(event, Event):
-            return event
+        return self.event_dict(event) if isinstance(event, Event) else event
+
+    def event_dict(self, event: Event) -> dict[str, Any]:
+        """`event.as_context()`, made once per input and shared (nobody mutates it)."""
         cached_event, cached_ctx = self._event_ctx
-        if cached_event is not event:
+        if cached_event is not event or cached_ctx is None:
             cached_ctx = event.as_context()
             self._event_ctx = (event, cached_ctx)
         return cached_ctx
@@ -261,6 +263,9 @@ class StepRunner:
     def profile_changed(self, turn: Turn, at: float, changed: set[str]) -> None:
         """Re-evaluate what depends on the changed fields: date triggers and segment edges."""
         turn.touch()
+        if self.engine.watches_none_of(changed):
+            self.maybe_sweep(turn, at)  # all a refresh would do: see `refresh_segments`
+            return
         if self.engine.date_deps and affected(self.engine.date_deps, changed):
             self.sync_dates(turn, at)
         self.refresh_segments(turn, at, changed)

@@ -329,6 +329,39 @@ def test_quiet_hours_properties(zoned: tuple[ZoneInfo, datetime], hours: QuietHo
         )
 
 
+def _reference_defer(hours: QuietHours, at: datetime, tz: ZoneInfo) -> datetime:
+    """`QuietHours.defer` before its window ends were memoised per zone and day."""
+    at = at.astimezone(UTC)
+    if not hours.contains(at.astimezone(tz).replace(tzinfo=None).time()):
+        return at
+    today = at.astimezone(tz).date()
+    best: datetime | None = None
+    for k in range(-1, 8):
+        day = today + k * timedelta(days=1)
+        for fold in (0, 1):
+            local = datetime.combine(day, hours.end.replace(fold=fold), tzinfo=tz)
+            instant = local.astimezone(UTC)
+            wall = instant.astimezone(tz).replace(tzinfo=None)
+            if fold and wall != local.replace(tzinfo=None, fold=0):
+                continue
+            if instant >= at and not hours.contains(wall.time()):
+                best = instant if best is None else min(best, instant)
+        if best is not None and k >= 1:
+            return best
+    assert best is not None
+    return best
+
+
+@settings(max_examples=600)
+@given(zoned_instants, quiet_windows)
+def test_quiet_hours_defer_matches_the_reference(
+    zoned: tuple[ZoneInfo, datetime], hours: QuietHours
+) -> None:
+    tz, at = zoned
+    for moment in (at, at + timedelta(minutes=37), at + timedelta(hours=5)):
+        assert hours.defer(moment, tz) == _reference_defer(hours, moment, tz)
+
+
 @given(zoned_instants, wall_times)
 def test_quiet_hours_with_equal_ends_never_defer(zoned: tuple[ZoneInfo, datetime], t: time) -> None:
     tz, at = zoned

@@ -507,3 +507,21 @@ def test_events_file_is_self_contained_and_sorted() -> None:
     assert set(identified) == profile_users
     for user, when in identified.items():
         assert when < first_seen[user], user
+
+
+def test_hot_path_indexes_of_the_sample_library() -> None:
+    # What lets most inputs skip work: these must follow the rules, not a list kept by hand.
+    from engine.runtime.core import Engine
+
+    engine = Engine(load_rules(RULES))
+    assert engine.watches_none_of({"metrics.page_views_30d"})
+    assert engine.watches_none_of({"first_name", "metrics.cart_adds_30d"})
+    assert not engine.watches_none_of({"lead_score"})  # hot_lead
+    assert not engine.watches_none_of({"birthday"})  # birthday_greeting
+    assert not engine.watches_none_of({"metrics.spend_365d"})  # big_spenders
+    assert not engine.watches_none_of({"*"})
+    assert {"cart_abandonment", "browse_abandonment", "rfm_hibernating_reactivate"} <= (
+        engine.listeners["purchase"]
+    )
+    assert "page_view" not in engine.listeners
+    assert [jid for jid, _span in engine.idle_spans] == ["winback_inactive"]

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import hmac
 
-from engine.unsubscribe import make_token, unsubscribe_url, verify_token
+from engine.unsubscribe import _hmac_sha256, make_token, unsubscribe_url, verify_token
 
 
 def _reference_token(secret: str, user_id: str, channel: str) -> str:
@@ -27,3 +27,9 @@ def test_token_is_the_documented_signature() -> None:
 def test_url() -> None:
     url = unsubscribe_url("https://h.example/", "s", "u1", "email")
     assert url == f"https://h.example/v1/unsubscribe?token={_reference_token('s', 'u1', 'email')}"
+
+
+def test_hmac_matches_the_standard_library_for_every_key_length() -> None:
+    for secret in ["", "s", "herald-dev-unsubscribe-secret", "x" * 64, "y" * 65, "z" * 300, "秘密"]:
+        for message in [b"", b"u1\x1femail", bytes(range(256))]:
+            assert _hmac_sha256(secret, message) == hmac.digest(secret.encode(), message, "sha256")
