@@ -24,7 +24,7 @@ from engine.events import pack_records
 from engine.language.loader import load_rules
 from engine.runtime.core import Engine
 from engine.synthetic import synthetic_events, user_traits
-from workers.cmd_run import tune_gc
+from workers.gc_tuning import tune_gc
 from workers.processor import BatchProcessor, DeadLetter, Record, WallClock
 from workers.records import control
 from workers.services import EmbeddedRedis

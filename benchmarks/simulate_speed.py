@@ -15,9 +15,11 @@ from engine.runtime.core import Engine
 from engine.runtime.effects import Message
 from engine.simulate import Simulation
 from engine.synthetic import synthetic_events, user_traits
+from workers.gc_tuning import tune_gc
 
 
 def main() -> None:
+    tune_gc()  # as `herald simulate` does
     events = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     users = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
     engine = Engine(load_rules("rules"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from workers.config import Settings
+from workers.gc_tuning import tune_gc
 from workers.services import sigterm_as_interrupt, terminate_with_parent
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,6 @@ def configure_logging(role: str) -> None:
     )
     for noisy in ("aiokafka", "faust", "mode", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper collections: after start-up almost every object lives for a batch only,
-    and the long-lived ones (rules, compiled templates, modules) need not be scanned again."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 def run_role(role: str, settings: Settings) -> int:

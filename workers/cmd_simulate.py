@@ -16,6 +16,7 @@ from engine.language.loader import load_rules
 from engine.runtime.core import Engine, EngineOptions
 from engine.runtime.effects import Failure, Message, Trace, iso
 from engine.simulate import Simulation, default_window
+from workers.gc_tuning import tune_gc
 
 
 class InputError(Exception):
@@ -119,6 +120,7 @@ def simulate_lines(
 
 def run(args: argparse.Namespace) -> int:
     """CLI handler; exit 0 when the run completed (even with failed sends), 1 on bad input."""
+    tune_gc()
     try:
         lines, notes = simulate_lines(
             Path(args.path),
