@@ -32,11 +32,11 @@ Wire format (a Kafka record value on `herald.events`)
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from hashlib import blake2b
 from typing import Any, Final
 
+import msgspec
 import orjson
 
 from engine.errors import InvalidEvent
@@ -85,16 +85,19 @@ def format_instant(moment: datetime) -> str:
     return moment.isoformat()
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A validated, normalised event; immutable so it can be shared by every journey it feeds."""
+class Event(msgspec.Struct, frozen=True):
+    """A validated, normalised event; immutable so it can be shared by every journey it feeds.
+
+    A frozen msgspec Struct rather than a frozen dataclass: one is made per event on the hot
+    path, and a frozen dataclass pays ~1.3 µs in `object.__setattr__` calls to build it.
+    """
 
     event_id: str
     type: str
     user_id: str
     timestamp: datetime  # aware, UTC
-    properties: dict[str, Any] = field(default_factory=dict)
-    traits: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = msgspec.field(default_factory=dict)
+    traits: dict[str, Any] = msgspec.field(default_factory=dict)
     emitted: bool = False  # produced by Herald itself (e.g. message.delivered), not by a client
 
     def to_json_dict(self) -> dict[str, Any]:
