@@ -361,7 +361,7 @@ class _Compiled:
     """An expression compiled twice: by Jinja (the reference) and, when it stays inside the
     subset `engine.fastexpr` reproduces exactly, to a closure tried first."""
 
-    __slots__ = ("_fast", "_root", "names", "source")
+    __slots__ = ("_fast", "_root", "event_time", "names", "source")
 
     def __init__(
         self,
@@ -369,6 +369,7 @@ class _Compiled:
         root: _Root,
         fast: _Fast | None = None,
         names: frozenset[str] = CONDITION_NAMES,
+        event_time: bool = True,
     ) -> None:
         self.source = source
         self._root = root
@@ -376,6 +377,10 @@ class _Compiled:
         # The context names the expression reads: a caller may leave out every other name
         # (the compiled code, Jinja's or the closure, resolves no name it does not contain).
         self.names = names
+        # Whether it may read `event.timestamp` (or the event as a whole): formatting the
+        # instant is most of the cost of an event's context, and most conditions read only
+        # `event.properties`.
+        self.event_time = event_time
 
     @property
     def uses_fast_path(self) -> bool:
@@ -384,7 +389,7 @@ class _Compiled:
 
     def jinja_only(self) -> Self:
         """The same expression evaluated by Jinja alone: the reference the fast path matches."""
-        return type(self)(self.source, self._root, None, self.names)
+        return type(self)(self.source, self._root, None, self.names, self.event_time)
 
 
 class Condition(_Compiled):
@@ -512,9 +517,9 @@ def clock_context(now: _datetime, *, moment: bool = True) -> dict[str, Any]:
 # --------------------------------------------------------------------------- compiling
 
 
-def _compile(source: str) -> tuple[_Root, _Fast | None, frozenset[str]]:
-    """Jinja's compiled root, the fast closure when the expression allows one, and the names
-    the expression reads."""
+def _compile(source: str) -> tuple[_Root, _Fast | None, frozenset[str], bool]:
+    """Jinja's compiled root, the fast closure when the expression allows one, the names the
+    expression reads, and whether it may read the event's timestamp."""
     from engine.fastexpr import compile_node  # fastexpr builds on this module
 
     expr = _parse_checked(source)
@@ -533,7 +538,30 @@ def _compile(source: str) -> tuple[_Root, _Fast | None, frozenset[str]]:
         offset = _find(source, quoted.group(1)) if quoted else None
         line, col = _locate(source, offset, exc.lineno)
         raise ExpressionError(message, line, col) from None
-    return template.root_render_func, fast, names
+    return template.root_render_func, fast, names, _reads_event_time(expr)
+
+
+def _reads_event_time(expr: nodes.Expr) -> bool:
+    """False only when every use of `event` is `event.<key>` / `event['key']` with a key
+    other than `timestamp`: then the context may leave the timestamp out."""
+    keyed: set[int] = set()
+    for node in itertools.chain([expr], expr.find_all((nodes.Getattr, nodes.Getitem))):
+        base = getattr(node, "node", None)
+        if not (isinstance(base, nodes.Name) and base.name == "event"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            key: Any = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            key = node.arg.value
+        else:
+            return True
+        if key == "timestamp":
+            return True
+        keyed.add(id(base))
+    return any(
+        isinstance(n, nodes.Name) and n.name == "event" and id(n) not in keyed
+        for n in itertools.chain([expr], expr.find_all(nodes.Name))
+    )
 
 
 def _parse_checked(source: str) -> nodes.Expr:

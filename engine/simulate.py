@@ -75,28 +75,31 @@ class Simulation:
         users = self.users
         engine = self.engine
         track = self._track
+        wakes = self._wakes
+        indexed = self._indexed
+        apply = self._apply
         ei = si = 0
+        n_events, n_schedules = len(times), len(schedules)
         while True:
             # The next input: the earliest of the three sources; at equal instants events
             # come first, then schedule firings, then timers.
-            at = times[ei] if ei < len(times) else _NEVER
+            at = times[ei] if ei < n_events else _NEVER
             kind = _EVENT
-            if si < len(schedules) and schedules[si][0] < at:
+            if si < n_schedules and schedules[si][0] < at:
                 at, kind = schedules[si][0], _SCHEDULE
-            wake = self._next_wake()
+            # Live heap entries are never earlier than the top: when the top is not before
+            # `at`, no timer is due first (the usual case for an event: skip the lookup).
+            wake = self._next_wake() if wakes and wakes[0][0] < at else None
             if wake is not None and wake[0] <= limit and wake[0] < at:
                 at, kind = wake[0], _TIMER
             if at == _NEVER:
                 return
             if kind == _EVENT:
-                event = ordered[ei]
+                effects = apply(ordered[ei])
                 ei += 1
-                state = users.get(event.user_id) or self.user(event.user_id)
-                outcome = engine.handle_event(state, event, event.timestamp)
-                track(outcome.state)
-                if outcome.effects:
+                if effects:
                     now = datetime.fromtimestamp(at, UTC)
-                    for effect in outcome.effects:
+                    for effect in effects:
                         yield now, effect
                 continue
             now = datetime.fromtimestamp(at, UTC)
@@ -109,12 +112,27 @@ class Simulation:
                     for effect in outcome.effects:
                         yield now, effect
             else:
-                heapq.heappop(self._wakes)
-                self._indexed.pop(wake[1], None)  # type: ignore[index]
+                heapq.heappop(wakes)
+                indexed.pop(wake[1], None)  # type: ignore[index]
                 outcome = engine.handle_tick(users[wake[1]], now)  # type: ignore[index]
                 track(outcome.state)
                 for effect in outcome.effects:
                     yield now, effect
+
+    def _apply(self, event: Event) -> list[Effect]:
+        """One event; `_track`, inlined: this runs once per event."""
+        user_id = event.user_id
+        state = self.users.get(user_id) or self.user(user_id)
+        outcome = self.engine.handle_event(state, event, event.timestamp)
+        due = state.wake_at
+        indexed = self._indexed
+        if due is None:
+            if indexed:
+                indexed.pop(user_id, None)
+        elif indexed.get(user_id) != due:
+            heapq.heappush(self._wakes, (due, user_id))
+            indexed[user_id] = due
+        return outcome.effects
 
     def _next_wake(self) -> tuple[float, str] | None:
         """The earliest live timer; entries made stale by a later input are dropped lazily."""

@@ -28,7 +28,16 @@ def bucket_width(window_s: float) -> float:
 class CompiledMetric:
     """A metric ready to fold events in and read its value at a time."""
 
-    __slots__ = ("aggregate", "event_type", "field", "name", "path", "when", "width", "window")
+    __slots__ = (
+        "aggregate",
+        "event_type",
+        "field",
+        "name",
+        "path",
+        "when",
+        "width",
+        "window",
+    )
 
     def __init__(self, name: str, spec: MetricSpec) -> None:
         self.name = name
@@ -68,16 +77,29 @@ class CompiledMetric:
         if self.window is None:
             state["v"] = _combine(agg, state.get("v"), value)
             return True
-        index = int(at // self.width)
+        width = self.width
+        index = int(at // width)
+        oldest = int((at - self.window) // width)
         buckets: list[list[Any]] = state.setdefault("b", [])
-        for bucket in buckets:
-            if bucket[0] == index:
-                bucket[1] = _combine(agg, bucket[1], value)
-                break
+        if buckets:
+            last = buckets[-1]
+            if last[0] == index and buckets[0][0] >= oldest:
+                # The usual case (events arrive in time order): the newest bucket, and
+                # nothing to trim.
+                last[1] = _combine(agg, last[1], value)
+                return True
+            if last[0] < index:
+                buckets.append([index, _combine(agg, None, value)])
+            else:  # a late event (or the newest bucket, with old ones to trim)
+                for bucket in buckets:
+                    if bucket[0] == index:
+                        bucket[1] = _combine(agg, bucket[1], value)
+                        break
+                else:
+                    buckets.append([index, _combine(agg, None, value)])
+                    buckets.sort(key=lambda b: b[0])
         else:
             buckets.append([index, _combine(agg, None, value)])
-            buckets.sort(key=lambda b: b[0])
-        oldest = int((at - self.window) // self.width)
         while buckets and buckets[0][0] < oldest:
             buckets.pop(0)
         return True

@@ -154,6 +154,19 @@ class Turn:
         """The `event` name: an Event's context dict is built once per input."""
         return self.event_dict(event) if isinstance(event, Event) else event
 
+    def event_fields(self, event: Event) -> dict[str, Any]:
+        """`event` for a condition that reads neither its timestamp nor the event as a whole:
+        the context without the formatted instant (most of its cost)."""
+        cached_event, cached_ctx = self._event_ctx
+        if cached_event is event and cached_ctx is not None:
+            return cached_ctx
+        return {
+            "type": event.type,
+            "user_id": event.user_id,
+            "properties": event.properties,
+            "event_id": event.event_id,
+        }
+
     def event_dict(self, event: Event) -> dict[str, Any]:
         """`event.as_context()`, made once per input and shared (nobody mutates it)."""
         cached_event, cached_ctx = self._event_ctx
@@ -177,7 +190,10 @@ class Turn:
         if "profile" in names:
             ctx["profile"] = self.profile_view(at)
         if "event" in names:
-            ctx["event"] = self.event_context(event)
+            if condition.event_time or not isinstance(event, Event):
+                ctx["event"] = self.event_context(event)
+            else:
+                ctx["event"] = self.event_fields(event)
         if "journey" in names:
             ctx["journey"] = journey() if callable(journey) else journey
         if not names.isdisjoint(TIME_NAMES):

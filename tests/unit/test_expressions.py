@@ -309,3 +309,22 @@ def test_simple_condition_cost() -> None:
         f"\nsimple condition: {best / number * 1e6:.2f} µs per evaluation"
         f" ({slow / number * 1e6:.2f} µs through Jinja)"
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "reads_time"),
+    [
+        ("event.properties.path == '/pricing'", False),
+        ("event['type'] == 'purchase' and event.properties.amount > 10", False),
+        ("profile.plan == 'trial'", False),
+        ("event.timestamp > '2026'", True),
+        ("event['timestamp'] is defined", True),
+        ("event | length > 3", True),
+        ("'timestamp' in event", True),
+        ("event[profile.key] == 1", True),
+        ("event.properties.x and event", True),
+    ],
+)
+def test_whether_a_condition_may_read_the_event_time(source: str, reads_time: bool) -> None:
+    # A condition that does not may be given the event without its formatted timestamp.
+    assert compile_condition(source).event_time is reads_time

@@ -162,8 +162,14 @@ def test_a_failed_partition_write_fails_the_batch_and_its_retry_loses_and_double
     store, sink = FlakyStore(partition=1), ListSink()
     bp = BatchProcessor(Engine(RULES), store, sink, WallClock())
     records = [
-        Record(p, 0, _pack({**IDENTIFY, "user_id": f"u{p}", "event_id": f"id-{p}"},
-                           _event(p, f"u{p}", "signup", "2026-05-01T08:01:00Z")))
+        Record(
+            p,
+            0,
+            _pack(
+                {**IDENTIFY, "user_id": f"u{p}", "event_id": f"id-{p}"},
+                _event(p, f"u{p}", "signup", "2026-05-01T08:01:00Z"),
+            ),
+        )
         for p in range(3)
     ]
     try:
