@@ -84,8 +84,12 @@ def zone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown time zone '{name}'") from None
 
 
+@lru_cache(maxsize=8192)
 def _resolve(day: date, at: time, tz: tzinfo) -> datetime:
-    """The instant of wall time `at` on `day` under the module's DST policy (see docstring)."""
+    """The instant of wall time `at` on `day` under the module's DST policy (see docstring).
+
+    Memoised: zone conversions cost microseconds, and a date trigger resolves the same few
+    (day, time, zone) triples for every user sharing a birthday month-day and a zone."""
     if at.tzinfo is not None:
         raise ValueError(f"time {at.isoformat()} must be a wall-clock time without a zone")
     return datetime.combine(day, at.replace(fold=0), tzinfo=tz).astimezone(UTC)
@@ -235,6 +239,11 @@ def _month_day(value: Any) -> tuple[int, int] | None:
         return value.month, value.day
     if not isinstance(value, str):
         return None
+    return _month_day_text(value)
+
+
+@lru_cache(maxsize=4096)
+def _month_day_text(value: str) -> tuple[int, int] | None:
     text = value.strip()
     try:
         full = re.fullmatch(r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[T ].*)?", text)

@@ -23,6 +23,12 @@ DEFAULT_HORIZON = timedelta(days=7)
 _EVENT, _SCHEDULE, _TIMER = 0, 1, 2
 _NEVER = float("inf")
 
+# Where an input falls in a whole simulation: (instant, source: 0 event, 1 schedule firing,
+# 2 timer; the event's rank in the input or the firing's index; the user of a firing or timer).
+# Users share no state, so runs over disjoint sets of users (`herald simulate --jobs`) merge
+# back into exactly the order of one run by this key plus each effect's index in its input.
+InputOutcome = tuple[float, int, int, str, list[Effect]]
+
 
 @dataclass
 class Simulation:
@@ -55,15 +61,31 @@ class Simulation:
     ) -> Iterator[Effect]:
         """Load profile traits at the simulation's start."""
         for user_id, traits in profiles:
-            outcome = self.engine.handle_profile(self.user(user_id), traits, at)
-            self._track(outcome.state)
-            yield from outcome.effects
+            yield from self.load_profile(user_id, traits, at)
+
+    def load_profile(self, user_id: str, traits: dict[str, Any], at: datetime) -> list[Effect]:
+        """Load one user's traits; the effects (segment entries may start journeys)."""
+        outcome = self.engine.handle_profile(self.user(user_id), traits, at)
+        self._track(outcome.state)
+        return outcome.effects
 
     def run(
         self, events: Iterable[Event], start: datetime, until: datetime
     ) -> Iterator[tuple[datetime, Effect]]:
         """Process events in timestamp order and everything due up to `until`, inclusive."""
         ordered = sorted((e for e in events if e.timestamp <= until), key=lambda e: e.timestamp)
+        for at, _source, _rank, _user, effects in self.inputs(enumerate(ordered), start, until):
+            now = datetime.fromtimestamp(at, UTC)
+            for effect in effects:
+                yield now, effect
+
+    def inputs(
+        self, ranked: Iterable[tuple[int, Event]], start: datetime, until: datetime
+    ) -> Iterator[InputOutcome]:
+        """Apply every input in order; one `(at, source, rank, user, effects)` per input that
+        had effects. `ranked`: (rank, event) in timestamp order, the rank being the event's
+        place in the whole input (see `OrderKey`); events after `until` are ignored."""
+        ordered = [(rank, e) for rank, e in ranked if e.timestamp <= until]
         schedules: list[tuple[float, int, str]] = []
         for program in self.engine.schedules:
             jid = program.journey.journey
@@ -71,7 +93,7 @@ class Simulation:
                 schedules.append((when.timestamp(), 0, jid))
         schedules.sort()
         limit = until.timestamp()
-        times = [e.timestamp.timestamp() for e in ordered]
+        times = [e.timestamp.timestamp() for _rank, e in ordered]
         users = self.users
         engine = self.engine
         track = self._track
@@ -95,29 +117,29 @@ class Simulation:
             if at == _NEVER:
                 return
             if kind == _EVENT:
-                effects = apply(ordered[ei])
+                rank, event = ordered[ei]
                 ei += 1
+                effects = apply(event)
                 if effects:
-                    now = datetime.fromtimestamp(at, UTC)
-                    for effect in effects:
-                        yield now, effect
+                    yield at, _EVENT, rank, "", effects
                 continue
             now = datetime.fromtimestamp(at, UTC)
             if kind == _SCHEDULE:
                 jid = schedules[si][2]
-                si += 1
                 for user_id in sorted(users):
                     outcome = engine.handle_schedule(users[user_id], jid, now, now)
                     track(outcome.state)
-                    for effect in outcome.effects:
-                        yield now, effect
+                    if outcome.effects:
+                        yield at, _SCHEDULE, si, user_id, outcome.effects
+                si += 1
             else:
                 heapq.heappop(wakes)
-                indexed.pop(wake[1], None)  # type: ignore[index]
-                outcome = engine.handle_tick(users[wake[1]], now)  # type: ignore[index]
+                user_id = wake[1]  # type: ignore[index]
+                indexed.pop(user_id, None)
+                outcome = engine.handle_tick(users[user_id], now)
                 track(outcome.state)
-                for effect in outcome.effects:
-                    yield now, effect
+                if outcome.effects:
+                    yield at, _TIMER, 0, user_id, outcome.effects
 
     def _apply(self, event: Event) -> list[Effect]:
         """One event; `_track`, inlined: this runs once per event."""

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="virtual end time, inclusive, ISO 8601 (default: last event's time + 7 days)",
     )
     p.add_argument("--trace", action="store_true", help="print every step taken to stderr")
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        help="processes to split the users over; the output is the same "
+        "(default: one per CPU for inputs of 40,000+ events)",
+    )
     p.set_defaults(handler=_delegate("simulate"))
 
     for name, text in (

@@ -17,6 +17,7 @@ from engine.runtime.core import Engine, EngineOptions
 from engine.runtime.effects import Failure, Message, Trace, iso
 from engine.simulate import Simulation, default_window
 from workers.gc_tuning import tune_gc
+from workers.simulate_shards import default_jobs, simulate_sharded
 
 
 class InputError(Exception):
@@ -89,14 +90,17 @@ def simulate_lines(
     start: datetime | None = None,
     until: datetime | None = None,
     trace: bool = False,
+    jobs: int | None = 1,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run a simulation; returns (message lines, diagnostic lines). Raises RulesError/InputError."""
+    """Run a simulation; returns (message lines, diagnostic lines). Raises RulesError/InputError.
+
+    `jobs`: processes to split the users over (None: as many as the input and the machine
+    make worth it); the output is the same whatever the number."""
     rules = load_rules(rules_path)
     engine = Engine(rules, EngineOptions(trace=trace))
     events = read_events(events_path, start)
     profiles = read_profiles(profiles_path) if profiles_path else []
     start, until = default_window(events, start, until)
-    sim = Simulation(engine)
     lines: list[dict[str, Any]] = []
     notes: list[str] = []
 
@@ -111,6 +115,14 @@ def simulate_lines(
                 f"{iso(effect.at)} {effect.user_id} {effect.journey} {effect.step}: {effect.what}"
             )
 
+    jobs = default_jobs(len(events)) if jobs is None else jobs
+    if jobs > 1:
+        for effect in simulate_sharded(
+            engine, events, profiles, start, until, jobs=jobs, keep=(Message, Failure, Trace)
+        ):
+            collect(effect)
+        return lines, notes
+    sim = Simulation(engine)
     for effect in sim.load_profiles(profiles, start):
         collect(effect)
     for _at, effect in sim.run(events, start, until):
@@ -129,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             start=_parse_time(getattr(args, "start", None)),
             until=_parse_time(args.until),
             trace=bool(args.trace),
+            jobs=getattr(args, "jobs", None),
         )
     except RulesError as exc:
         for problem in exc.problems:
