@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import StrictUndefined, Template, meta, nodes
 from jinja2.exceptions import TemplateSyntaxError, UndefinedError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import ExpressionError, Problem, TemplateRenderError
@@ -149,8 +150,18 @@ class _Part:
         self.names = names  # the context names the text reads
 
     def render(self, ctx: Mapping[str, Any]) -> str:
+        template = self.template
         try:
-            return self.template.render(ctx)
+            # What `Template.render` does, less two dict copies and its exception hook: the
+            # same root function over a context of the same names (globals, then `ctx`).
+            context = Context(_ENV, {**_GLOBALS, **ctx}, template.name, template.blocks)
+            return "".join(template.root_render_func(context))
+        except Exception:
+            pass
+        try:
+            # Rendering is deterministic: this fails the same way, through Jinja's hook that
+            # rewrites the traceback to template lines (which `_explain` reads).
+            return template.render(ctx)
         except Exception as exc:
             raise TemplateRenderError(self._explain(exc)) from exc
 
@@ -226,7 +237,10 @@ class CompiledTemplate:
         subject = None
         if self._subject is not None:
             # A subject is one header line: newlines from data must not leak into it.
-            subject = _NEWLINES.sub(" ", self._subject.render(ctx)).strip()
+            subject = self._subject.render(ctx)
+            if "\n" in subject or "\r" in subject:
+                subject = _NEWLINES.sub(" ", subject)
+            subject = subject.strip()
         return Rendered(subject=subject, body=self._body.render(ctx))
 
     def __repr__(self) -> str:
