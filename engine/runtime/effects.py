@@ -1,11 +1,16 @@
-"""What the core asks the outside world to do. The core only describes; workers perform."""
+"""What the core asks the outside world to do. The core only describes; workers perform.
+
+Effects are frozen msgspec Structs: a core input makes several, and a frozen dataclass's
+`__init__` (one `object.__setattr__` per field) costs ~3 µs for a Message, a Struct's ~0.3."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
+
+import msgspec
 
 from engine.events import Event, format_instant
 from engine.runtime.state import UserState
@@ -18,8 +23,7 @@ def iso(ts: float) -> str:
     return format_instant(datetime.fromtimestamp(ts, UTC))
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(msgspec.Struct, frozen=True):
     """A rendered message to dispatch. `message_id` is the dedupe key end to end."""
 
     message_id: str
@@ -34,7 +38,7 @@ class Message:
     at: float
     entry_id: str = ""
     entry_at: float | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def to_simulation_line(self) -> dict[str, Any]:
         """Exactly the fields `herald simulate` prints (journeys.md, Simulation)."""
@@ -62,23 +66,20 @@ class Message:
         return doc
 
 
-@dataclass(frozen=True, slots=True)
-class Emitted:
+class Emitted(msgspec.Struct, frozen=True):
     """An event produced by an `emit` step (already applied to this user by the core)."""
 
     event: Event
 
 
-@dataclass(frozen=True, slots=True)
-class Count:
+class Count(msgspec.Struct, frozen=True):
     """One increment of a Prometheus counter named in runtime.md (or a Herald-specific one)."""
 
     metric: str
     labels: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
+class Failure(msgspec.Struct, frozen=True):
     """A step that failed (template error, webhook body error): recorded, never half-sent."""
 
     at: float
@@ -88,8 +89,7 @@ class Failure:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Trace:
+class Trace(msgspec.Struct, frozen=True):
     """One step taken, for `herald simulate --trace` (only produced when tracing is on)."""
 
     at: float
