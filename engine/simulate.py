@@ -8,7 +8,7 @@ firings, then timers — the same order the core itself applies inside one input
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,6 +47,14 @@ class Simulation:
         if state is None:
             state = self.users[user_id] = UserState(user_id)
         return state
+
+    def restrict(self, keep: Callable[[str], bool]) -> None:
+        """Drop every user `keep` rejects, with their timers: what is left is exactly the
+        simulation of the kept users (users share no state)."""
+        self.users = {u: s for u, s in self.users.items() if keep(u)}
+        self._indexed = {u: w for u, w in self._indexed.items() if u in self.users}
+        self._wakes = [(w, u) for u, w in self._indexed.items()]
+        heapq.heapify(self._wakes)
 
     def _track(self, state: UserState) -> None:
         wake = state.wake_at

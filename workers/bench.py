@@ -5,6 +5,8 @@
   processor    one processor process draining N pre-produced events
   raw_loop     the bare ceiling for the same I/O: aiokafka batches, decoding, and per event
                the same number of Redis operations the processor issued, pipelined per batch
+  simulate     the processor phase's events through `herald simulate`'s driver, in memory
+               (no services): one process, and as many as `herald simulate` would use
 
 Events are synthetic storefront traffic (`engine.synthetic`), without timestamps so the API
 stamps them on acceptance: latency is measured from that stamp to the outbox write.
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,10 +29,16 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from engine.events import Event, parse_event
+from engine.language.loader import load_rules
+from engine.runtime.core import Engine
+from engine.runtime.effects import Message
+from engine.simulate import Simulation
 from engine.synthetic import synthetic_events, user_traits
 from workers import stats
+from workers.gc_tuning import tune_gc
 from workers.producer import EventProducer
 from workers.records import control
+from workers.simulate_shards import simulate_sharded
 from workers.stack import LocalStack
 from workers.topics import EVENTS
 
@@ -47,6 +56,9 @@ class BenchResult:
     raw_loop_per_s: float = 0.0
     redis_ops_per_event: float = 0.0
     latency_samples: int = 0
+    simulate_events_per_s: float = 0.0
+    simulate_jobs: int = 1
+    simulate_one_process_events_per_s: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -316,3 +328,28 @@ async def raw_loop(
     finally:
         await consumer.stop()
         await client.aclose()
+
+
+def simulate_speed(rules: Path, count: int, users: int, jobs: int) -> tuple[float, float]:
+    """`herald simulate`'s driver over the processor phase's events, in memory: events/s with
+    one process (the core alone) and with `jobs` processes (what `herald simulate` uses for
+    an input this size). Profiles are loaded first and not timed, as in the processor phase;
+    the window ends at the last event (timers due by then fire, later ones are not counted)."""
+    engine = Engine(load_rules(rules))
+    events = list(synthetic_events(count, users, seed=3))
+    start, until = events[0].timestamp, events[-1].timestamp
+    loaded = Simulation(engine)
+    for _effect in loaded.load_profiles(((f"u{i}", user_traits(i)) for i in range(users)), start):
+        pass
+    tune_gc()  # what start-up built, profiles included, is frozen, as `herald simulate` does
+    began = time.perf_counter()
+    for _ in simulate_sharded(
+        engine, events, [], start, until, jobs=jobs, keep=(Message,), loaded=loaded
+    ):
+        pass
+    sharded = count / (time.perf_counter() - began)
+    began = time.perf_counter()
+    for _ in loaded.run(events, start, until):
+        pass
+    alone = count / (time.perf_counter() - began)
+    return alone, sharded

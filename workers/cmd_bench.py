@@ -12,8 +12,16 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 
-from workers.bench import BenchResult, end_to_end, latency, processor_drain, raw_loop
+from workers.bench import (
+    BenchResult,
+    end_to_end,
+    latency,
+    processor_drain,
+    raw_loop,
+    simulate_speed,
+)
 from workers.config import Settings
+from workers.simulate_shards import default_jobs
 from workers.stack import LocalStack
 
 DEFAULT_EVENTS = 200_000
@@ -77,6 +85,16 @@ def run(args: argparse.Namespace) -> int:
         with console.status("raw loop: aiokafka + decode + the same Redis ops"):
             result.raw_loop_per_s = asyncio.run(raw_loop(stack, starts, events, ops))
         progress(f"raw loop: {result.raw_loop_per_s:,.0f} events/s")
+    # Last, with the services stopped: the simulator competes with nothing on the machine.
+    result.simulate_jobs = default_jobs(events)
+    with console.status(f"simulate: {events:,} events in memory"):
+        alone, sharded = simulate_speed(rules, events, users, result.simulate_jobs)
+    result.simulate_one_process_events_per_s = alone
+    result.simulate_events_per_s = sharded if result.simulate_jobs > 1 else alone
+    progress(
+        f"simulate: {result.simulate_events_per_s:,.0f} events/s with {result.simulate_jobs} "
+        f"process(es), {alone:,.0f} events/s in one"
+    )
     summary = {
         "processor_events_per_s": round(result.processor_events_per_s, 1),
         "end_to_end_events_per_s": round(result.end_to_end_events_per_s, 1),
@@ -89,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
         "redis_ops_per_event": round(result.redis_ops_per_event, 3),
         "users": users,
         "latency_samples": result.latency_samples,
+        "simulate_events_per_s": round(result.simulate_events_per_s, 1),
+        "simulate_jobs": result.simulate_jobs,
+        "simulate_one_process_events_per_s": round(result.simulate_one_process_events_per_s, 1),
     }
     sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     sys.stdout.flush()

@@ -72,6 +72,7 @@ class _Work:
         until: datetime,
         shards: int,
         keep: tuple[type, ...],
+        loaded: Simulation | None,
     ) -> None:
         self.engine = engine
         self.events = events
@@ -80,6 +81,7 @@ class _Work:
         self.until = until
         self.shards = shards
         self.keep = keep
+        self.loaded = loaded
 
 
 _WORK: _Work | None = None
@@ -90,7 +92,11 @@ def _run_shard(shard: int) -> list[OrderedEffect]:
     work = _WORK
     assert work is not None, "called outside simulate_sharded"
     shards, keep = work.shards, work.keep
-    sim = Simulation(work.engine)
+    if work.loaded is not None:
+        sim = work.loaded  # the child's copy of the parent's: keep this shard's users
+        sim.restrict(lambda user_id: shard_of(user_id, shards) == shard)
+    else:
+        sim = Simulation(work.engine)
     out: list[OrderedEffect] = []
     for index, (user_id, traits) in enumerate(work.profiles):
         if shard_of(user_id, shards) == shard:
@@ -119,12 +125,16 @@ def simulate_sharded(
     *,
     jobs: int,
     keep: tuple[type, ...],
+    loaded: Simulation | None = None,
 ) -> Iterator[Effect]:
     """The effects of `keep` types a one-process simulation (profiles loaded at `start`,
-    then the events) yields, in the same order, computed by `jobs` forked processes."""
+    then the events) yields, in the same order, computed by `jobs` forked processes.
+
+    `loaded`: a simulation whose users are already loaded (profiles, earlier events); each
+    child goes on from its copy of it, restricted to its users. The parent's is unchanged."""
     global _WORK
     ordered = sorted(events, key=lambda e: e.timestamp)  # the one-process order of events
-    _WORK = _Work(engine, ordered, profiles, start, until, jobs, keep)
+    _WORK = _Work(engine, ordered, profiles, start, until, jobs, keep, loaded)
     try:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             parts = pool.map(_run_shard, range(jobs), chunksize=1)

@@ -102,3 +102,42 @@ def test_jobs_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["simulate", "rules", "--events", "examples/events.jsonl", "--jobs", "0"])
     assert "must be positive" in capsys.readouterr().err
+
+
+def test_children_may_go_on_from_a_loaded_simulation() -> None:
+    # `herald bench` loads profiles once, untimed, and times only the events.
+    engine = Engine(load_rules(REPO / "rules"))
+    events = list(synthetic_events(4000, 300, span_s=5400.0, seed=5))
+    profiles = [(f"u{i}", user_traits(i)) for i in range(300)]
+    start, until = events[0].timestamp, events[-1].timestamp + timedelta(hours=2)
+    one = Simulation(engine)
+    list(one.load_profiles(profiles, start))
+    loaded = Simulation(engine)
+    list(loaded.load_profiles(profiles, start))
+    expected = [e for _at, e in one.run(events, start, until) if isinstance(e, KEEP)]
+    got = list(simulate_sharded(engine, events, [], start, until, jobs=3, keep=KEEP, loaded=loaded))
+    assert len(expected) > 100
+    assert got == expected
+    assert len(loaded.users) == 300  # the parent's copy is untouched
+
+
+def test_restrict_keeps_a_shard_with_its_timers() -> None:
+    engine = Engine(load_rules(REPO / "rules"))
+    events = list(synthetic_events(2000, 100, span_s=1800.0, seed=6))
+    start, until = events[0].timestamp, events[-1].timestamp + timedelta(days=1)
+    whole = Simulation(engine)
+    list(whole.run(events[:1000], start, events[999].timestamp))
+    part = Simulation(engine)
+    list(part.run(events[:1000], start, events[999].timestamp))
+    part.restrict(lambda user_id: shard_of(user_id, 2) == 0)
+    assert part.users and all(shard_of(u, 2) == 0 for u in part.users)
+    rest = events[1000:]
+    mine = [e for e in rest if shard_of(e.user_id, 2) == 0]
+    expected = [
+        e
+        for _at, e in whole.run(rest, events[999].timestamp, until)
+        if isinstance(e, Message) and shard_of(e.user_id, 2) == 0
+    ]
+    got = [e for _at, e in part.run(mine, events[999].timestamp, until) if isinstance(e, Message)]
+    assert len(expected) > 20
+    assert got == expected
